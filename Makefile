@@ -1,0 +1,62 @@
+# Every target is a thin wrapper of `python -m pipeline <command>`; `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN := PYTHONWARNINGS=ignore::FutureWarning $(PY) -m pipeline
+# Competition folder: empty means each variant's data.root (the offline sample by default).
+DATA ?=
+DATA_ARG := $(if $(DATA),--data $(DATA),)
+VARIANT ?= telea
+COMPETITION ?=
+BASELINES := mean telea navier-stokes
+
+.DEFAULT_GOAL := help
+.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install requirements.txt
+
+sample: setup ## build the offline sample competition (data/sample, truth in data/sample-truth)
+	$(RUN) sample
+
+data: setup ## download COMPETITION=<slug> from Kaggle into data/raw/<slug> and validate it
+	@test -n "$(COMPETITION)" || { echo "usage: make data COMPETITION=<slug from the competition URL>"; exit 2; }
+	$(RUN) data --competition $(COMPETITION)
+
+predict: setup ## predict the validation split and the test set with VARIANT
+	$(RUN) predict --variant $(VARIANT) $(DATA_ARG)
+
+submit: setup ## write + validate submissions/<VARIANT>.csv, score it, record it on the leaderboard
+	$(RUN) submit --variant $(VARIANT) $(DATA_ARG)
+
+validate: setup ## check CSV=<file> before upload
+	$(RUN) validate --csv $(CSV) $(DATA_ARG)
+
+score: setup ## score VARIANT on the validation split, or CSV=<file> against the test truth
+	$(RUN) score $(if $(CSV),--csv $(CSV),--variant $(VARIANT)) $(DATA_ARG)
+
+leaderboard: setup ## print the leaderboard, best local RMSE first
+	$(RUN) leaderboard
+
+kaggle-submit: setup ## upload VARIANT's validated CSV to COMPETITION and confirm it arrived
+	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-submit VARIANT=<name> COMPETITION=<slug>"; exit 2; }
+	$(RUN) kaggle-submit --variant $(VARIANT) --competition $(COMPETITION) $(DATA_ARG)
+
+kaggle-scores: setup ## pull COMPETITION's public scores into the leaderboard
+	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-scores COMPETITION=<slug>"; exit 2; }
+	$(RUN) kaggle-scores --competition $(COMPETITION)
+
+demo: sample ## offline, end to end: sample, baselines, submissions, scores, leaderboard
+	@for v in $(BASELINES); do $(RUN) submit --variant $$v || exit 1; done
+	$(RUN) leaderboard
+
+test: setup ## run the test suite
+	$(PY) -m pytest -q tests

@@ -1,0 +1,1 @@
+"""Image-inpainting pipeline for Kaggle's Photo Reconstruction competition."""

@@ -1,0 +1,262 @@
+"""`python -m pipeline <command>`: one command per step of the flow; the Make targets call these.
+
+    sample        build the offline sample competition (data/sample, data/sample-truth)
+    data          download a Kaggle competition into data/raw/<slug> and validate it
+    predict       run a variant on the validation split and the test set
+    submit        predict, write + validate submissions/<variant>.csv, score, record it
+    validate      check any submission CSV before upload
+    score         score a variant on the validation split, or a CSV against test truth
+    leaderboard   print the leaderboard
+    kaggle-submit upload a variant's validated CSV to Kaggle and confirm it arrived
+    kaggle-scores pull Kaggle public scores into the leaderboard
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import ConfigError, DataConfig, VariantConfig, data_config, load_variant
+from pipeline.data.competition import Competition, CompetitionError, load_competition
+from pipeline.leaderboard import Leaderboard
+
+SUBMISSIONS_DIR = Path("submissions")
+
+
+def _variant(args) -> VariantConfig:
+    variant = load_variant(args.variant, data_root=args.data)
+    for item in args.param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {item!r}: expected key=value")
+        variant.params[key] = yaml.safe_load(value)
+    return variant
+
+
+def _data_config(args) -> DataConfig:
+    if args.data:
+        return data_config({"root": args.data, "truth": None if Path(args.data) != DataConfig.root else DataConfig.truth})
+    return DataConfig()
+
+
+def cmd_sample(args) -> None:
+    from pipeline.data.sample import build_sample
+
+    cfg = DataConfig()
+    root = build_sample(cfg, seed=args.seed, force=args.force)
+    competition = load_competition(cfg)
+    print(f"sample competition in {root}: {len(competition.train)} train, {len(competition.val)} val, "
+          f"{len(competition.test)} test images; classes {', '.join(competition.classes)}; truth in {cfg.truth}")
+
+
+def cmd_data(args) -> None:
+    from pipeline.data import kaggle
+
+    dest = Path("data/raw") / args.competition
+    kaggle.download_competition(args.competition, dest, force=args.force)
+    competition = load_competition(data_config({"root": dest, "truth": None}))
+    print(f"{dest}: {len(competition.train)} train, {len(competition.test)} test images, boxes from "
+          f"{competition.bbox_csv.name}"
+          + (", sample_submission.csv present" if competition.sample_submission else ""))
+    print(f"next: make submit VARIANT=telea DATA={dest}")
+
+
+def _predict(variant: VariantConfig, competition: Competition, splits: list[str]):
+    from pipeline.inpainters.base import build_inpainter
+    from pipeline.predict import predict_split
+
+    inpainter = build_inpainter(variant)
+    return {split: predict_split(variant, competition, split, inpainter) for split in splits}
+
+
+def cmd_predict(args) -> None:
+    variant = _variant(args)
+    competition = load_competition(variant.data)
+    for split, run in _predict(variant, competition, args.splits.split(",")).items():
+        print(f"{variant.name} {split}: {run.images} images -> {run.folder} "
+              f"({run.seconds_per_image:.4f} s/image)")
+
+
+def submit_variant(variant: VariantConfig, competition: Competition, leaderboard: Leaderboard,
+                   out_dir: Path = SUBMISSIONS_DIR, run_dir: str | None = None) -> dict:
+    """Predict val + test, write and validate the CSV, score, record a leaderboard row."""
+    from pipeline.predict import load_prediction, score_split
+    from pipeline.score import score_boxes
+    from pipeline.predict import truth_boxes
+    from pipeline.submission import read_submission, write_submission
+
+    splits = ["val", "test"] if competition.val else ["test"]
+    runs = _predict(variant, competition, splits)
+    size = competition.config.image_size
+    test_folder = runs["test"].folder
+    csv = write_submission(out_dir / f"{variant.name}.csv", competition,
+                           lambda i: load_prediction(test_folder, competition.test[i], size))
+    val = score_split(competition, "val", runs["val"].folder) if "val" in runs else None
+    test_rmse = None
+    if competition.config.truth is not None:
+        # scored from the CSV itself, so the file that would be uploaded is what is measured
+        test = score_boxes(read_submission(csv.path, competition), truth_boxes(competition, competition.test))
+        test_rmse = test.rmse
+    entry = {
+        "variant": variant.name, "method": variant.method, "description": variant.description,
+        "data": str(competition.root), "val_rmse": val.rmse if val else None,
+        "val_rmse_255": val.rmse_255 if val else None, "val_psnr": val.psnr if val else None,
+        "val_ssim": val.ssim if val else None, "val_rmse_by_class": val.rmse_by_class if val else None,
+        "test_rmse": test_rmse, "seconds_per_image": runs["test"].seconds_per_image,
+        "submission": str(csv.path), "sha256": csv.sha256, "rows": csv.rows,
+        "run_dir": run_dir, "config": variant.to_dict(),
+    }
+    leaderboard.record(entry)
+    return entry
+
+
+def cmd_submit(args) -> None:
+    variant = _variant(args)
+    competition = load_competition(variant.data)
+    entry = submit_variant(variant, competition, Leaderboard())
+    print(f"{entry['submission']}: {entry['rows']} values, validated, sha256 {entry['sha256'][:12]}")
+    if entry["val_rmse"] is not None:
+        print(f"{variant.name}: validation RMSE {entry['val_rmse']:.4f} ({entry['val_rmse_255']:.2f}/255), "
+              f"PSNR {entry['val_psnr']:.2f} dB, SSIM {entry['val_ssim']:.4f}")
+    if entry["test_rmse"] is not None:
+        print(f"{variant.name}: test RMSE against the sample's truth {entry['test_rmse']:.4f}")
+
+
+def cmd_validate(args) -> None:
+    from pipeline.submission import validate_submission
+
+    competition = load_competition(_data_config(args))
+    result = validate_submission(Path(args.csv), competition)
+    print(f"{result.path}: OK, {result.rows} values, sha256 {result.sha256}")
+
+
+def cmd_score(args) -> None:
+    from pipeline.predict import prediction_dir, score_split, truth_boxes
+    from pipeline.score import score_boxes
+    from pipeline.submission import read_submission, validate_submission
+
+    if args.csv:
+        competition = load_competition(_data_config(args))
+        validate_submission(Path(args.csv), competition)
+        scores = score_boxes(read_submission(Path(args.csv), competition),
+                             truth_boxes(competition, competition.test),
+                             [r.label for r in competition.test])
+        where = f"{args.csv} against {competition.config.truth}"
+    elif args.variant:
+        variant = _variant(args)
+        competition = load_competition(variant.data)
+        scores = score_split(competition, "val", prediction_dir(variant.name, "val"))
+        where = f"{variant.name} on the validation split"
+    else:
+        raise ConfigError("score needs --variant NAME (validation split) or --csv FILE (test truth)")
+    print(f"{where}: RMSE {scores.rmse:.4f} ({scores.rmse_255:.2f}/255), PSNR {scores.psnr:.2f} dB, "
+          f"SSIM {scores.ssim:.4f}, {scores.images} images")
+    for label, value in scores.rmse_by_class.items():
+        print(f"  {label:12s} RMSE {value:.4f}")
+    if args.json:
+        print(json.dumps(scores.as_dict()))
+
+
+def cmd_leaderboard(args) -> None:
+    print(Leaderboard().format(all_rows=args.all))
+
+
+def _latest_row(variant_name: str):
+    table = Leaderboard().read()
+    rows = table[table["variant"] == variant_name]
+    if rows.empty:
+        raise ConfigError(f"variant {variant_name!r} has no submission yet: run `make submit VARIANT={variant_name}`")
+    return rows.iloc[-1]
+
+
+def cmd_kaggle_submit(args) -> None:
+    from pipeline.data import kaggle
+    from pipeline.submission import validate_submission
+
+    variant = _variant(args)
+    competition = load_competition(variant.data)
+    row = _latest_row(variant.name)
+    csv = Path(row["submission"])
+    # a bad file never costs one of the day's submissions
+    result = validate_submission(csv, competition)
+    if result.sha256 != row["sha256"]:
+        raise ConfigError(f"{csv} changed since it was recorded; run `make submit VARIANT={variant.name}` again")
+    message = f"{variant.name}: {variant.description or variant.method} [sha {result.sha256[:12]}]"
+    found = kaggle.submit(args.competition, csv, message)
+    Leaderboard().update_kaggle(result.sha256, found.ref, found.status, found.public_score)
+    print(f"submitted {csv} to {args.competition}: ref {found.ref}, status {found.status}"
+          + (f", public score {found.public_score}" if found.public_score is not None else ""))
+
+
+def cmd_kaggle_scores(args) -> None:
+    from pipeline.data import kaggle
+
+    leaderboard = Leaderboard()
+    known = set(leaderboard.read()["sha256"].dropna())
+    updated = 0
+    for submission in kaggle.list_submissions(args.competition):
+        sha = next((s for s in known if f"[sha {s[:12]}]" in (submission.description or "")), None)
+        if sha and leaderboard.update_kaggle(sha, submission.ref, submission.status, submission.public_score):
+            updated += 1
+    print(f"{updated} leaderboard row(s) updated from {args.competition}'s submissions")
+    print(leaderboard.format())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help: str, variant: bool = False, data: bool = True):
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if variant:
+            p.add_argument("--variant", required=True, help="configs/<name>.yaml or a YAML path")
+            p.add_argument("--param", action="append", help="override a method parameter: key=value")
+        if data:
+            p.add_argument("--data", default=None, help="competition folder (default: the variant's data.root)")
+        return p
+
+    p = add("sample", cmd_sample, "build the offline sample competition", data=False)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    p = add("data", cmd_data, "download a Kaggle competition and validate it", data=False)
+    p.add_argument("--competition", required=True, help="the competition's slug (from its URL)")
+    p.add_argument("--force", action="store_true", help="download again even if present")
+    p = add("predict", cmd_predict, "predict the validation split and the test set", variant=True)
+    p.add_argument("--splits", default="val,test")
+    add("submit", cmd_submit, "predict, write and validate the submission CSV, score, record", variant=True)
+    p = add("validate", cmd_validate, "validate a submission CSV before upload")
+    p.add_argument("--csv", required=True)
+    p = add("score", cmd_score, "score a variant (validation split) or a CSV (test truth)")
+    p.add_argument("--variant")
+    p.add_argument("--param", action="append")
+    p.add_argument("--csv")
+    p.add_argument("--json", action="store_true", help="also print the scores as JSON")
+    p = add("leaderboard", cmd_leaderboard, "print the leaderboard (latest row per variant)", data=False)
+    p.add_argument("--all", action="store_true", help="every recorded submission")
+    p = add("kaggle-submit", cmd_kaggle_submit, "upload a variant's CSV to Kaggle", variant=True)
+    p.add_argument("--competition", required=True)
+    p = add("kaggle-scores", cmd_kaggle_scores, "pull Kaggle public scores into the leaderboard", data=False)
+    p.add_argument("--competition", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, CompetitionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # errors the pipeline raises for a person to act on carry their own message
+        if type(exc).__name__ in ("SubmissionError", "KaggleError", "CheckpointError", "ModelNotAvailableError"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0

@@ -1,0 +1,151 @@
+"""Typed configuration: one YAML file per variant under configs/, loaded into dataclasses.
+
+A variant file names the inpainting `method` and its `params`; the `data` block describes the
+competition (box size and count, validation split). The variant's `name` is what the leaderboard
+shows. Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or value a person has to fix; the message names the file and the key."""
+
+
+@dataclass
+class DataConfig:
+    """Where the competition lies and what its boxes look like."""
+
+    root: Path = Path("data/sample")  # competition folder: class sub-folders + bbox CSV
+    truth: Path | None = Path("data/sample-truth")  # unmasked test images, when known (sample)
+    image_size: int = 256
+    box_size: int = 75
+    boxes_per_image: int = 2
+    val_count: int = 24  # training images held out, with fixed masks, for local scoring
+    val_seed: int = 0
+    bbox_csv: str | None = None  # file name inside root; None: the one CSV with box columns
+    train_dir: str = "train"
+    test_dir: str = "test"
+    # sample_submission.csv ids are parsed with this regex; groups image, box, row, col, channel
+    # (box-relative) or image, y, x, channel (image coordinates)
+    id_pattern: str = r"^(?P<image>.+)_(?P<box>\d+)_(?P<row>\d+)_(?P<col>\d+)_(?P<channel>\d+)$"
+
+
+@dataclass
+class VariantConfig:
+    """One leaderboard entry: a method, its parameters, and the data it runs on."""
+
+    name: str
+    method: str
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = 8
+    source: Path | None = None  # the YAML file this came from
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (paths as strings), for checkpoints and the leaderboard."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return json.loads(json.dumps(out, default=str))
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    """Instantiate dataclass `cls` from `values`, rejecting unknown keys by name."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+        )
+    return cls(**values)
+
+
+def parse_params(cls, params: dict[str, Any], variant: VariantConfig):
+    """Build a method's params dataclass from `variant.params`; errors name the variant file."""
+    where = f"{variant.source or variant.name}: params"
+    obj = _build(cls, dict(params), where)
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        # YAML gives ints where floats are meant; anything else of the wrong type is an error
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            setattr(obj, f.name, float(value))
+        elif default is not None and not isinstance(value, type(default)):
+            raise ConfigError(
+                f"{where}.{f.name}: expected {type(default).__name__}, got {value!r}"
+            )
+    return obj
+
+
+def data_config(values: dict[str, Any] | None = None, where: str = "data") -> DataConfig:
+    """DataConfig from a mapping (paths converted); checks box geometry is possible."""
+    values = dict(values or {})
+    cfg = _build(DataConfig, values, where)
+    cfg.root = Path(cfg.root)
+    cfg.truth = Path(cfg.truth) if cfg.truth else None
+    if cfg.box_size <= 0 or cfg.box_size > cfg.image_size:
+        raise ConfigError(f"{where}.box_size: {cfg.box_size} does not fit a {cfg.image_size} image")
+    if cfg.boxes_per_image < 1:
+        raise ConfigError(f"{where}.boxes_per_image: must be at least 1")
+    return cfg
+
+
+def resolve_variant_path(name_or_path: str | Path) -> Path:
+    """`telea` -> configs/telea.yaml; an existing path is returned as is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"no variant config {name_or_path!r}: expected {candidate}; available: {available}")
+
+
+def load_variant(name_or_path: str | Path, data_root: str | Path | None = None) -> VariantConfig:
+    """Load configs/<name>.yaml (or a path) into a VariantConfig.
+
+    `data_root` (the CLI's --data / make DATA=...) overrides `data.root`; when it is given and
+    differs from the sample, the sample's ground-truth folder no longer applies.
+    """
+    path = resolve_variant_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return variant_from_dict(raw, source=path, data_root=data_root)
+
+
+def variant_from_dict(
+    raw: dict[str, Any], source: Path | None = None, data_root: str | Path | None = None
+) -> VariantConfig:
+    """VariantConfig from an already-parsed mapping (a YAML file, a sweep entry, a checkpoint)."""
+    where = str(source or "variant")
+    raw = dict(raw)
+    if "method" not in raw:
+        raise ConfigError(f"{where}: missing 'method' (one of the inpainters, e.g. telea)")
+    raw.setdefault("name", source.stem if source else raw["method"])
+    data = dict(raw.pop("data", None) or {})
+    if data_root is not None:
+        data["root"] = data_root
+        if Path(data_root) != DataConfig.root and "truth" not in data:
+            data["truth"] = None
+    variant = _build(VariantConfig, raw, where)
+    variant.data = data_config(data, f"{where}: data")
+    variant.params = dict(variant.params or {})
+    variant.source = source
+    return variant

@@ -1,0 +1,59 @@
+"""Classical baselines: per-image mean colour, and OpenCV's Telea and Navier-Stokes inpainting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pipeline.config import VariantConfig, parse_params
+from pipeline.inpainters.base import InpaintBatch, Inpainter
+
+
+@dataclass
+class MeanFillParams:
+    pass
+
+
+class MeanFill(Inpainter):
+    """Fills the boxes with the mean colour of the image's known pixels (the RMSE-optimal constant)."""
+
+    @classmethod
+    def from_config(cls, variant: VariantConfig) -> "MeanFill":
+        parse_params(MeanFillParams, variant.params, variant)
+        return cls()
+
+    def inpaint(self, batch: InpaintBatch) -> np.ndarray:
+        out = batch.masked_images.copy()
+        for image, mask in zip(out, batch.masks):
+            image[mask] = np.round(image[~mask].mean(axis=0)).astype(np.uint8)
+        return out
+
+
+@dataclass
+class OpenCVParams:
+    radius: float = 5.0  # neighbourhood each inpainted pixel draws from
+
+
+class OpenCVInpaint(Inpainter):
+    """cv2.inpaint with the Telea (fast marching) or Navier-Stokes algorithm, per image."""
+
+    FLAGS = {"telea": cv2.INPAINT_TELEA, "navier-stokes": cv2.INPAINT_NS}
+
+    def __init__(self, algorithm: str, radius: float):
+        self.flag = self.FLAGS[algorithm]
+        self.radius = radius
+
+    @classmethod
+    def from_config(cls, variant: VariantConfig) -> "OpenCVInpaint":
+        params = parse_params(OpenCVParams, variant.params, variant)
+        return cls(variant.method, params.radius)
+
+    def inpaint(self, batch: InpaintBatch) -> np.ndarray:
+        return np.stack(
+            [
+                cv2.inpaint(image, mask.astype(np.uint8), self.radius, self.flag)
+                for image, mask in zip(batch.masked_images, batch.masks)
+            ]
+        )
