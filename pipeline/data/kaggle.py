@@ -183,7 +183,7 @@ def _authenticated_api(slug: str) -> "KaggleApi":
         with contextlib.redirect_stdout(captured), _translated_errors(slug, "checking the credentials for"):
             api.authenticate()
     except SystemExit:
-        # authenticate() exits when a token was present but Kaggle called it invalid or expired.
+        # authenticate() exits when every credential it found failed (a token Kaggle calls invalid).
         raise KaggleError(
             f"Kaggle did not accept the credentials while opening competition '{slug}' "
             f"(the access token is invalid or expired). {TOKEN_HELP}"
