@@ -9,6 +9,7 @@
     leaderboard   print the leaderboard
     kaggle-submit upload a variant's validated CSV to Kaggle and confirm it arrived
     kaggle-scores pull Kaggle public scores into the leaderboard
+    compare       write submissions/report.html (+ .png): table, RMSE chart, per class, gallery
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def cmd_data(args) -> None:
     dest = Path("data/raw") / args.competition
     kaggle.download_competition(args.competition, dest, force=args.force)
     competition = load_competition(data_config({"root": dest, "truth": None}))
-    print(f"{dest}: {len(competition.train)} train, {len(competition.test)} test images, boxes from "
+    print(f"{dest}: {len(competition.train)} train, {len(competition.val)} validation, "
+          f"{len(competition.test)} test images, boxes from "
           f"{competition.bbox_csv.name}"
           + (", sample_submission.csv present" if competition.sample_submission else ""))
     print(f"next: make submit VARIANT=telea DATA={dest}")
@@ -165,6 +167,16 @@ def cmd_leaderboard(args) -> None:
     print(Leaderboard().format(all_rows=args.all))
 
 
+def cmd_compare(args) -> None:
+    from pipeline.report import build_report
+
+    variants = [v.strip() for v in (args.variants or "").split(",") if v.strip()] or None
+    report = build_report(Leaderboard(), Path(args.out), variants, args.images, args.data)
+    for name, note in report.notes.items():
+        print(f"note: {name}: {note}", file=sys.stderr)
+    print(f"{report.html} and {report.png}: {len(report.variants)} variant(s): {', '.join(report.variants)}")
+
+
 def _latest_row(variant_name: str):
     table = Leaderboard().read()
     rows = table[table["variant"] == variant_name]
@@ -243,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--competition", required=True)
     p = add("kaggle-scores", cmd_kaggle_scores, "pull Kaggle public scores into the leaderboard", data=False)
     p.add_argument("--competition", required=True)
+    p = add("compare", cmd_compare, "write the comparison report (HTML + PNG) from the leaderboard")
+    p.add_argument("--variants", help="comma-separated variant names (default: every variant on the leaderboard)")
+    p.add_argument("--images", type=int, default=6, help="gallery rows (validation images)")
+    p.add_argument("--out", default="submissions/report.html", help="HTML path; the PNG goes beside it")
     return parser
 
 

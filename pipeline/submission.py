@@ -232,14 +232,37 @@ def _open(path: Path, columns: Sequence[str] | None = None) -> pacsv.CSVStreamin
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, OSError) as exc:
-        raise SubmissionError(f"{path}: cannot be read as CSV ({exc})") from exc
+        raise SubmissionError(_malformed(path, exc)) from exc
 
 
 def _batches(reader: pacsv.CSVStreamingReader, path: Path) -> Iterator[pa.RecordBatch]:
     try:
         yield from reader
     except pa.ArrowInvalid as exc:
-        raise SubmissionError(f"{path}: malformed CSV ({exc}); every line needs the header's columns") from exc
+        raise SubmissionError(_malformed(path, exc)) from exc
+
+
+def _malformed(path: Path, exc: Exception) -> str:
+    """Arrow's parse error, with the offending line found by a plain (slow, rare) scan."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                return f"{path}: line {line}: {len(row)} fields, expected {len(header)} ({', '.join(header)})"
+            if len(row) > 1 and not _is_number(row[-1]):
+                return f"{path}: line {line}: {header[-1]} {row[-1]!r} is not a number"
+    return f"{path}: malformed CSV ({exc})"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _id_codec(competition: Competition):
@@ -325,7 +348,7 @@ def _check_values(values: pa.Array, name: str, fail: Callable[[int, str], None])
     bad = np.isnan(array) | (array < 0) | (array > 255) | (array != np.round(array))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        shown = "empty" if np.isnan(array[i]) else repr(array[i])
+        shown = "empty" if np.isnan(array[i]) else f"{array[i]:g}"
         fail(i, f"{name} is {shown}: values must be integers in 0..255")
 
 

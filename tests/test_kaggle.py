@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from kaggle_standin import KaggleStandIn
 from pipeline.data import kaggle as kg
 
 SLUG = "photo-reconstruction"
@@ -44,52 +41,15 @@ def _competition_zip() -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Fails any test whose code tries to resolve a host other than this machine."""
-    real_getaddrinfo = socket.getaddrinfo
-
-    def local_only(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise OSError(f"test tried to reach {host!r}; these tests must stay offline")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+def _stay_offline(offline):
+    """Every test here fails if it tries to resolve a host other than this machine."""
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """An empty HOME with no Kaggle credentials anywhere (env cleared, config dir in tmp)."""
-    for name in list(os.environ):
-        if name.startswith("KAGGLE_") or name.lower() in ("http_proxy", "https_proxy", "all_proxy"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    return home
-
-
-@pytest.fixture
-def standin(home, monkeypatch):
-    """A running stand-in server that the kaggle client talks to, plus fake legacy credentials."""
-    server = KaggleStandIn()
-    server.state.data_zip = _competition_zip()
-    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
-    from kagglesdk import kaggle_env
-
-    # The LOCAL environment's base URL; kagglesdk reads this table on every request.
-    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.LOCAL, server.url)
-    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
-    monkeypatch.setenv("KAGGLE_KEY", "secret-key")
-    from kaggle.api.kaggle_api_extended import KaggleApi  # `import kaggle` authenticates: creds first
-
-    # KaggleApi picks its environment at import; force LOCAL even if something imported it earlier.
-    monkeypatch.setattr(KaggleApi, "args", ["--local"])
-    monkeypatch.setattr(kg, "SUBMISSION_LOOKUP_DELAYS_S", (0.05,))
-    yield server
-    server.close()
+def standin(standin):
+    """The stand-in serving this file's competition zip."""
+    standin.state.data_zip = _competition_zip()
+    return standin
 
 
 def _files_under(root: Path) -> dict[str, bytes]:
