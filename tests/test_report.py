@@ -1,0 +1,210 @@
+"""The comparison report (pipeline/report.py, `compare`) and the notebooks, on baseline submissions
+made for the small sample."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import shutil
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import nbformat
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+from nbclient import NotebookClient
+
+from pipeline import report
+from pipeline.cli import main, submit_variant
+from pipeline.config import ConfigError
+from pipeline.data.boxes import boxes_mask
+from pipeline.data.competition import load_competition
+from pipeline.leaderboard import Leaderboard
+from tests.conftest import REPO, small_data_config, variant
+
+BASELINES = ("mean", "telea", "navier-stokes")
+NOTEBOOKS = REPO / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def baselines(sample_template, tmp_path_factory) -> Path:
+    """A workspace where the three baselines were submitted on the small sample."""
+    root = tmp_path_factory.mktemp("baselines")
+    shutil.copytree(sample_template / "data", root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        competition = load_competition(small_data_config(root))
+        for name in BASELINES:
+            submit_variant(variant(name, root), competition, Leaderboard())
+    return root
+
+
+@pytest.fixture
+def board(baselines, tmp_path, monkeypatch) -> Path:
+    """A copy of the baselines' predictions and leaderboard in tmp_path, the working directory."""
+    for folder in ("data/predictions", "submissions"):
+        shutil.copytree(baselines / folder, tmp_path / folder)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+class ReportParser(HTMLParser):
+    """Table cells by table class -> variant -> data-column: (data-value, text); and image sources."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, dict[str, dict[str, tuple[str | None, str]]]] = {}
+        self.images: list[str] = []
+        self._table = self._row = self._cell = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = self.tables.setdefault(attrs.get("class", ""), {})
+        elif tag == "tr" and "data-variant" in attrs and self._table is not None:
+            self._row = self._table.setdefault(attrs["data-variant"], {})
+        elif tag == "td" and self._row is not None and "data-column" in attrs:
+            self._cell = (attrs["data-column"], attrs.get("data-value"))
+            self._text = []
+        elif tag == "img":
+            self.images.append(attrs["src"])
+
+    def handle_data(self, data):
+        if self._cell:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell:
+            column, value = self._cell
+            self._row[column] = (value, "".join(self._text).strip())
+            self._cell = None
+        elif tag == "tr":
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+
+def parse(path: Path) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(path.read_text())
+    return parser
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "image does not decode"
+    return image
+
+
+def test_report_table_equals_the_leaderboard_and_its_images_decode(board):
+    written = report.build_report(Leaderboard(), board / "submissions/report.html", progress=False)
+    rows = Leaderboard().latest()
+    parsed = parse(written.html)
+
+    assert written.variants == list(rows["variant"]) and set(written.variants) == set(BASELINES)
+    table = parsed.tables["board"]
+    assert list(table) == list(rows["variant"])
+    for _, row in rows.iterrows():
+        cells = table[row["variant"]]
+        for column, (_, fmt) in report.TABLE_COLUMNS.items():
+            value, text = cells[column]
+            if row[column] is None or (isinstance(row[column], float) and math.isnan(row[column])):
+                assert value == "", f"{row['variant']} {column}"
+            else:
+                assert float(value) == float(row[column]), f"{row['variant']} {column}"
+                assert text == fmt.format(float(row[column]))
+        assert cells["config"][1] == {"mean": "mean"}.get(row["method"], f"{row['method']} radius=5.0")
+        assert cells["variant"][1].startswith(row["variant"]) and "baseline" in cells["variant"][1]
+        for label, score in json.loads(row["val_rmse_by_class"]).items():
+            assert float(parsed.tables["classes"][row["variant"]][f"class:{label}"][0]) == score
+
+    # chart, per-class heatmap, gallery: inlined, decodable, the gallery one column per variant + 2
+    assert len(parsed.images) == 3 and all(src.startswith("data:image/png;base64,") for src in parsed.images)
+    chart, heatmap, gallery = (decode_png(base64.b64decode(src.split(",", 1)[1])) for src in parsed.images)
+    assert gallery.shape[1] > 5 * 150 and gallery.shape[0] > 6 * 150
+    png = decode_png(written.png.read_bytes())
+    assert png.shape[0] >= chart.shape[0] + heatmap.shape[0] + gallery.shape[0]
+    assert not written.notes
+
+
+def test_gallery_shows_the_scored_pixels_of_fixed_images(board):
+    rows = report.select_rows(Leaderboard())
+    competition = load_competition(report.gallery_data(rows), check_images=False)
+    gallery = report.load_gallery(rows, competition, count=len(competition.val), progress=False)
+    assert not gallery.notes
+    for _, row in rows.iterrows():
+        # every validation image's box RMSE, pooled, is the leaderboard's validation RMSE
+        errors = [gallery.box_rmse(row["variant"], i) for i in range(len(gallery.records))]
+        assert math.sqrt(np.mean(np.square(errors))) == pytest.approx(row["val_rmse"], rel=1e-9)
+    for record, masked, truth in zip(gallery.records, gallery.masked, gallery.truth):
+        mask = boxes_mask(record.boxes, 256, 256)
+        assert (masked[mask] == 0).all() and (masked[~mask] == truth[~mask]).all()
+    # a few rows: one image of each class first, the same ones every time
+    val_classes = sorted({r.label for r in competition.val})
+    first = report.gallery_records(competition, len(val_classes))
+    assert len(val_classes) > 1 and sorted(r.label for r in first) == val_classes
+    assert first == report.gallery_records(competition, len(val_classes))
+
+
+def test_missing_predictions_get_a_note_and_training_runs_a_link(board):
+    shutil.rmtree(board / "data/predictions/navier-stokes/val")
+    run_file = board / "data/predictions/mean/val/run.json"
+    run = json.loads(run_file.read_text())
+    run["variant"]["data"]["val_seed"] = 7  # predicted on other validation boxes than are scored now
+    run_file.write_text(json.dumps(run))
+    (board / "runs/pix2pix-small").mkdir(parents=True)
+    Leaderboard().record({"variant": "pix2pix-small", "method": "pix2pix", "val_rmse": 0.1,
+                          "val_rmse_by_class": {"cat": 0.09}, "kaggle_public_score": 0.2,
+                          "run_dir": "runs/pix2pix-small"})
+    written = report.build_report(Leaderboard(), board / "submissions/report.html", progress=False)
+
+    assert set(written.notes) == {"navier-stokes", "pix2pix-small", "mean"}
+    assert "make submit VARIANT=navier-stokes" in written.notes["navier-stokes"]
+    assert "other validation images" in written.notes["mean"] and "val_seed 7" in written.notes["mean"]
+    text = written.html.read_text()
+    assert 'href="../runs/pix2pix-small"' in text and "tensorboard --logdir runs" in text
+    cells = parse(written.html).tables["board"]["pix2pix-small"]
+    assert "baseline" not in cells["variant"][1] and float(cells["kaggle_public_score"][0]) == 0.2
+    # the chart marks baselines by method: grey hatched bars, the learned variant in colour
+    bars = report.rmse_chart(Leaderboard().latest()).axes[0].patches
+    assert [b.get_facecolor() for b in bars] == [to_rgba(report.VARIANT_COLOR)] + [to_rgba(report.BASELINE_COLOR)] * 3
+    assert [bool(b.get_hatch()) for b in bars] == [False, True, True, True]  # pix2pix-small is best, on top
+
+
+def test_compare_command_selects_variants(board, capsys):
+    out = board / "elsewhere/report.html"
+    assert main(["compare", "--variants", "telea,mean", "--images", "2", "--out", str(out)]) == 0
+    table = parse(out).tables["board"]
+    assert list(table) == ["telea", "mean"] and out.with_suffix(".png").exists()
+    assert main(["compare", "--variants", "telea,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no submissions yet"):
+        report.select_rows(Leaderboard(board / "empty.csv"))
+
+
+@pytest.mark.parametrize("name", ["exploration", "results"])
+def test_stored_notebook_has_no_outputs(name):
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+@pytest.mark.parametrize("name, figures", [("exploration", 5), ("results", 3)])
+def test_notebook_runs_top_to_bottom_on_the_sample(name, figures, baselines, monkeypatch):
+    monkeypatch.setenv("PIPELINE_ROOT", str(baselines))
+    for unset in ("PIPELINE_DATA", "VARIANTS"):
+        monkeypatch.delenv(unset, raising=False)
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    # raises CellExecutionError, with the cell and its traceback, if any cell fails
+    NotebookClient(notebook, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    printed = "".join(output.get("text", "") for output in outputs)
+    assert f"python: {sys.executable}\n" in printed, "the notebook ran in another Python than the project's"
+    assert f"workspace: {baselines.resolve()}\n" in printed
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= figures
