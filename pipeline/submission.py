@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from pipeline.data.competition import Competition, ImageRecord
 
 DEFAULT_COLUMNS = ("Id", "Predicted")
-READ_BLOCK = 8 << 20  # bytes per streamed batch: bounds memory whatever the file size
+READ_BLOCK = 4 << 20  # bytes per streamed batch: bounds memory whatever the file size
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -93,8 +94,21 @@ class DefaultIds:
         name = self.names[image_index].as_py()
         return pc.binary_join_element_wise(name, self._suffixes, "")
 
+    def canonical(self, start: int, count: int) -> pa.ChunkedArray | None:
+        """Ids of rows start..start+count of a file in the writer's order (None past the end)."""
+        if start + count > self.total:
+            return None
+        pieces = []
+        row = start
+        while row < start + count:
+            image, offset = divmod(row, self.per_image)
+            take = min(self.per_image - offset, start + count - row)
+            pieces.append(self.ids_for(image).slice(offset, take))
+            row += take
+        return pa.chunked_array(pieces, pa.string())
+
     def expected_keysum(self) -> int:
-        total, step, acc = self.total, 1 << 22, 0
+        total, step, acc = self.total, 1 << 20, 0
         for start in range(0, total, step):
             acc = (acc + _keysum(np.arange(start, min(start + step, total), dtype=np.int64))) & int(_MASK64)
         return acc
@@ -222,12 +236,14 @@ class PatternIds:
 # ---------------------------------------------------------------------------------------------
 
 
-def _open(path: Path, columns: Sequence[str] | None = None) -> pacsv.CSVStreamingReader:
+def _open(source, columns: Sequence[str] | None = None, path: Path | None = None) -> pacsv.CSVStreamingReader:
+    """Streaming reader over `source` (a path or a binary stream); errors name `path`."""
+    path = Path(path or source)
     # the value column read as float64: a non-number fails in arrow with its row named
     types = {columns[0]: pa.string(), columns[1]: pa.float64()} if columns else None
     try:
         return pacsv.open_csv(
-            path,
+            source,
             read_options=pacsv.ReadOptions(block_size=READ_BLOCK),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
         )
@@ -300,32 +316,52 @@ def validate_submission(path: Path, competition: Competition, progress: bool = T
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: no such submission file; run `make submit VARIANT=...` first")
+    with open(path, "rb") as f:
+        rows = _validate_stream(f, path, competition, progress)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return Validation(path, rows, digest.hexdigest())
+
+
+def _validate_stream(stream, path: Path, competition: Competition, progress: bool) -> int:
+    """Validate the CSV bytes read from `stream` (the file at `path`, or what is being written
+    to it); returns the row count. Diagnosis of a mismatch re-reads `path`."""
     columns = expected_columns(competition)
     codec = _id_codec(competition)
-    reader = _open(path, columns)
+    reader = _open(stream, columns, path)
     if tuple(reader.schema.names) != columns:
         raise SubmissionError(f"{path}: header is {reader.schema.names}, expected {list(columns)}")
     expected_rows, expected_sum = _expected(competition, codec)
     rows, keysum = 0, 0
-    digest = hashlib.sha256()
     bar = tqdm(total=expected_rows, desc=f"validate {path.name}", unit="val", unit_scale=True, disable=not progress)
-
     for batch in _batches(reader, path):
         def fail(i: int, message: str, base=rows) -> None:
             raise SubmissionError(f"{path}: line {base + i + 2}: {message}")
 
-        parsed = codec.parse(batch.column(0), fail)
+        keys = _canonical_keys(codec, batch.column(0), rows)
+        if keys is None:  # rows in another order than the writer's: parse every id
+            keys = codec.parse(batch.column(0), fail).key
         _check_values(batch.column(1), columns[1], fail)
-        keysum = (keysum + _keysum(parsed.key)) & int(_MASK64)
+        keysum = (keysum + _keysum(keys)) & int(_MASK64)
         rows += batch.num_rows
         bar.update(batch.num_rows)
     bar.close()
     if rows != expected_rows or keysum != expected_sum:
         _diagnose(path, competition, codec, columns, rows, expected_rows)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return Validation(path, rows, digest.hexdigest())
+    return rows
+
+
+def _canonical_keys(codec, ids: pa.Array, start: int) -> np.ndarray | None:
+    """Keys of a batch that is exactly the writer's rows from `start` on (our own files): one
+    vectorised comparison instead of a parse. None when the batch is in any other order."""
+    if not isinstance(codec, DefaultIds) or ids.null_count:
+        return None
+    expected = codec.canonical(start, len(ids))
+    if expected is None or not pc.all(pc.equal(ids, expected)).as_py():
+        return None
+    return np.arange(start, start + len(ids), dtype=np.int64)
 
 
 def _expected(competition: Competition, codec) -> tuple[int, int]:
@@ -425,52 +461,95 @@ def write_submission(
     competition: Competition,
     load_prediction: Callable[[int], np.ndarray],
     progress: bool = True,
-    images_per_batch: int = 32,
+    images_per_batch: int = 16,
 ) -> Validation:
     """Write the submission for competition.test to `path`, validate it, then move it into place.
 
-    load_prediction(i): uint8 HxWx3 RGB prediction of competition.test[i]. Writes to a temporary
-    file beside `path`; an existing file at `path` is only replaced by a validated new one.
+    load_prediction(i): uint8 HxWx3 RGB prediction of competition.test[i]. The bytes go to a
+    temporary file beside `path` and, through a pipe, to the validator running at the same time
+    (the same checks as validate_submission, on exactly the bytes written), so the two use both
+    cores. An existing file at `path` is only replaced by a validated new one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    columns = expected_columns(competition)
-    schema = pa.schema([(columns[0], pa.string()), (columns[1], pa.uint8())])
+    if competition.sample_submission is None:
+        chunks = _default_chunks(competition, load_prediction, progress, images_per_batch)
+    else:
+        chunks = _sample_chunks(competition, load_prediction, progress)
+    digest = hashlib.sha256()
+    failures: list[BaseException] = []
+    read_end, write_end = os.pipe()
+
+    def produce() -> None:
+        try:
+            with open(tmp, "wb") as file, os.fdopen(write_end, "wb") as pipe:
+                for chunk in chunks:
+                    file.write(chunk)
+                    digest.update(chunk)
+                    pipe.write(chunk)
+        except BrokenPipeError:
+            pass  # the validator stopped at an error of its own, which it raises
+        except BaseException as exc:  # re-raised below: the writer's failure is the real cause
+            failures.append(exc)
+
+    writer = threading.Thread(target=produce, name="submission-writer", daemon=True)
+    writer.start()
     try:
-        with open(tmp, "wb") as sink:
-            sink.write((",".join(columns) + "\n").encode())
-            options = pacsv.WriteOptions(include_header=False, quoting_style="none")
-            with pacsv.CSVWriter(sink, schema, write_options=options) as writer:
-                if competition.sample_submission is None:
-                    _write_default(writer, schema, competition, load_prediction, progress, images_per_batch)
-                else:
-                    _write_like_sample(writer, schema, competition, load_prediction, progress)
-        result = validate_submission(tmp, competition, progress=progress)
+        try:
+            with os.fdopen(read_end, "rb") as stream:
+                rows = _validate_stream(stream, tmp, competition, progress=False)
+        finally:
+            writer.join()
+        if failures:
+            raise failures[0]
         os.replace(tmp, path)
-        return Validation(path, result.rows, result.sha256)
+        return Validation(path, rows, digest.hexdigest())
+    except SubmissionError:
+        if failures:
+            raise failures[0] from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _write_default(writer, schema, competition, load_prediction, progress, images_per_batch) -> None:
+# one "<value>\n" string per possible byte, so a row's text is a lookup and one join
+_VALUE_TEXT = pa.array([f"{v}\n" for v in range(256)], pa.string())
+
+
+def _rows_text(ids: pa.Array, values: np.ndarray) -> memoryview:
+    """The CSV lines `<id>,<value>\n` for arrow string `ids` and uint8 `values`, as bytes."""
+    lines = pc.binary_join_element_wise(ids, ",", _VALUE_TEXT.take(pa.array(values)), "")
+    return _string_bytes(lines)
+
+
+def _string_bytes(strings: pa.Array) -> memoryview:
+    """The concatenated bytes of an arrow string array, without copying."""
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)
+    first, last = offsets[strings.offset], offsets[strings.offset + len(strings)]
+    return memoryview(strings.buffers()[2])[first:last]
+
+
+def _default_chunks(competition, load_prediction, progress, images_per_batch) -> Iterator[bytes]:
     cfg = competition.config
     codec = DefaultIds(competition.test, cfg.box_size, cfg.boxes_per_image)
     test = competition.test
+    yield (",".join(DEFAULT_COLUMNS) + "\n").encode()
     for start in tqdm(range(0, len(test), images_per_batch), desc="write submission", unit="batch",
                       disable=not progress):
-        indices = range(start, min(start + images_per_batch, len(test)))
-        ids = pa.chunked_array([codec.ids_for(i) for i in indices])
-        values = np.concatenate([box_values(load_prediction(i), test[i]) for i in indices])
-        writer.write_table(pa.table([ids, pa.array(values)], schema=schema))
+        for i in range(start, min(start + images_per_batch, len(test))):
+            # the id and the value joined in one pass: arrow's CSV writer is the slow path here
+            ids = codec.ids_for(i)
+            yield _rows_text(ids, box_values(load_prediction(i), test[i]))
 
 
-def _write_like_sample(writer, schema, competition, load_prediction, progress) -> None:
+def _sample_chunks(competition, load_prediction, progress) -> Iterator[bytes]:
     sample = competition.sample_submission
     columns = expected_columns(competition)
     codec = _id_codec(competition)
     cache = PredictionCache(load_prediction)
     boxes = [r.boxes for r in competition.test]
+    yield (",".join(columns) + "\n").encode()
     rows = 0
     for batch in tqdm(_batches(_open(sample, columns), sample), desc="write submission", unit="batch",
                       disable=not progress):
@@ -486,7 +565,7 @@ def _write_like_sample(writer, schema, competition, load_prediction, progress) -
             box_y = np.array([b.y for b in boxes[image]])[parsed.box[rows_of]]
             values[rows_of] = prediction[box_y + parsed.row[rows_of], box_x + parsed.col[rows_of],
                                          parsed.channel[rows_of]]
-        writer.write_table(pa.table([batch.column(0).cast(pa.string()), pa.array(values)], schema=schema))
+        yield bytes(_rows_text(batch.column(0).cast(pa.string()), values))
         rows += batch.num_rows
 
 
