@@ -8,11 +8,18 @@ RUN := PYTHONWARNINGS=ignore::FutureWarning $(PY) -m pipeline
 DATA ?=
 DATA_ARG := $(if $(DATA),--data $(DATA),)
 VARIANT ?= telea
+# compare: comma-separated variants for the report; empty means every variant on the leaderboard
+VARIANTS ?=
 COMPETITION ?=
 BASELINES := mean telea navier-stokes
+# sd: the sweep file, optionally ONLY=<variant,...> of it, and GPUS=<n> processes (one per GPU)
+SWEEP ?= configs/sd-prompts.yaml
+ONLY ?=
+GPUS ?= 1
+SD_RUN := $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test
+.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,6 +52,12 @@ score: setup ## score VARIANT on the validation split, or CSV=<file> against the
 
 leaderboard: setup ## print the leaderboard, best local RMSE first
 	$(RUN) leaderboard
+
+compare: setup ## write submissions/report.html + .png: table, RMSE chart, per class, gallery (VARIANTS=a,b)
+	$(RUN) compare $(if $(VARIANTS),--variants $(VARIANTS),) $(DATA_ARG)
+
+sd: setup ## zero-shot SD inpainting: one submission + leaderboard row per variant of SWEEP (ONLY=a,b GPUS=n)
+	$(SD_RUN) sd --sweep $(SWEEP) $(if $(ONLY),--only $(ONLY),) $(DATA_ARG)
 
 kaggle-submit: setup ## upload VARIANT's validated CSV to COMPETITION and confirm it arrived
 	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-submit VARIANT=<name> COMPETITION=<slug>"; exit 2; }

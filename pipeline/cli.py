@@ -10,6 +10,8 @@
     kaggle-submit upload a variant's validated CSV to Kaggle and confirm it arrived
     kaggle-scores pull Kaggle public scores into the leaderboard
     compare       write submissions/report.html (+ .png): table, RMSE chart, per class, gallery
+    sd            run a sweep of variants (e.g. SD prompts): one submission + leaderboard row each
+    train         train a trainable variant (pix2pix): checkpoints/<variant>/, runs/<variant>/
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from pipeline.leaderboard import Leaderboard
 SUBMISSIONS_DIR = Path("submissions")
 
 
-def _variant(args) -> VariantConfig:
-    variant = load_variant(args.variant, data_root=args.data)
-    for item in args.param or []:
+def _apply_params(variant: VariantConfig, items: list[str] | None) -> VariantConfig:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--param {item!r}: expected key=value")
         variant.params[key] = yaml.safe_load(value)
     return variant
+
+
+def _variant(args) -> VariantConfig:
+    return _apply_params(load_variant(args.variant, data_root=args.data), args.param)
 
 
 def _data_config(args) -> DataConfig:
@@ -76,7 +81,10 @@ def _predict(variant: VariantConfig, competition: Competition, splits: list[str]
 
 
 def cmd_predict(args) -> None:
+    from pipeline.inpainters.base import preflight
+
     variant = _variant(args)
+    preflight(variant)
     competition = load_competition(variant.data)
     for split, run in _predict(variant, competition, args.splits.split(",")).items():
         print(f"{variant.name} {split}: {run.images} images -> {run.folder} "
@@ -88,11 +96,13 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
     """Predict val + test, write and validate the CSV, score, record a leaderboard row."""
     from pipeline.predict import load_prediction, score_split
     from pipeline.score import score_boxes
-    from pipeline.predict import truth_boxes
+    from pipeline.predict import process_state, truth_boxes
     from pipeline.submission import read_submission, write_submission
 
     splits = ["val", "test"] if competition.val else ["test"]
     runs = _predict(variant, competition, splits)
+    if not process_state().is_main_process:
+        return {}  # several processes predicted; the main one writes the CSV and the row
     size = competition.config.image_size
     test_folder = runs["test"].folder
     csv = write_submission(out_dir / f"{variant.name}.csv", competition,
@@ -116,16 +126,73 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
     return entry
 
 
-def cmd_submit(args) -> None:
-    variant = _variant(args)
-    competition = load_competition(variant.data)
-    entry = submit_variant(variant, competition, Leaderboard())
+def _print_entry(variant: VariantConfig, entry: dict) -> None:
     print(f"{entry['submission']}: {entry['rows']} values, validated, sha256 {entry['sha256'][:12]}")
     if entry["val_rmse"] is not None:
         print(f"{variant.name}: validation RMSE {entry['val_rmse']:.4f} ({entry['val_rmse_255']:.2f}/255), "
               f"PSNR {entry['val_psnr']:.2f} dB, SSIM {entry['val_ssim']:.4f}")
     if entry["test_rmse"] is not None:
         print(f"{variant.name}: test RMSE against the sample's truth {entry['test_rmse']:.4f}")
+
+
+def cmd_submit(args) -> None:
+    from pipeline.inpainters.base import preflight
+
+    variant = _variant(args)
+    preflight(variant)
+    competition = load_competition(variant.data)
+    run_dir = Path("runs") / variant.name  # a trained variant's TensorBoard folder
+    entry = submit_variant(variant, competition, Leaderboard(), run_dir=str(run_dir) if run_dir.is_dir() else None)
+    if entry:
+        _print_entry(variant, entry)
+
+
+def cmd_train(args) -> None:
+    from pipeline.train import train
+
+    variant = _variant(args)
+    result = train(variant, resume=args.resume, restart=args.restart, epochs=args.epochs,
+                   max_steps=args.max_steps, num_workers=args.workers)
+    if not result.is_main_process:  # under accelerate launch, one report is enough
+        return
+    best = f"{result.best_val_rmse:.4f}" if result.best_val_rmse is not None else "n/a"
+    print(f"{variant.name}: {result.steps} steps, {result.epochs_done} epochs in {result.seconds:.0f} s; "
+          f"best validation RMSE {best} -> {result.best}; run state {result.last}; TensorBoard {result.run_dir}")
+    print(f"next: make submit VARIANT={variant.name}")
+
+
+def cmd_sd(args) -> None:
+    """Every variant of a sweep (or one variant): checks first, then one submission each."""
+    from pipeline.config import load_sweep
+    from pipeline.inpainters.base import preflight
+    from pipeline.predict import process_state
+
+    if bool(args.sweep) == bool(args.variant):
+        raise ConfigError("sd needs --sweep FILE (a list of variants) or --variant NAME (one)")
+    variants = load_sweep(args.sweep, data_root=args.data) if args.sweep else [
+        load_variant(args.variant, data_root=args.data)]
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - {v.name for v in variants})
+        if unknown:
+            raise ConfigError(f"--only: no variant(s) {', '.join(unknown)} in {args.sweep or args.variant}; "
+                              f"available: {', '.join(v.name for v in variants)}")
+        variants = [v for v in variants if v.name in wanted]
+    for variant in variants:
+        _apply_params(variant, args.param)
+    for variant in variants:  # before any other work: every config valid, every model's weights here
+        preflight(variant)
+    main = process_state().is_main_process
+    leaderboard, competitions = Leaderboard(), {}
+    for variant in variants:
+        key = json.dumps(variant.to_dict()["data"], sort_keys=True)
+        if key not in competitions:
+            competitions[key] = load_competition(variant.data)
+        entry = submit_variant(variant, competitions[key], leaderboard)
+        if main:
+            _print_entry(variant, entry)
+    if main:
+        print(leaderboard.format(variants=[v.name for v in variants]))
 
 
 def cmd_validate(args) -> None:
@@ -255,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--competition", required=True)
     p = add("kaggle-scores", cmd_kaggle_scores, "pull Kaggle public scores into the leaderboard", data=False)
     p.add_argument("--competition", required=True)
+    p = add("train", cmd_train, "train a variant: best.pt/last.pt in checkpoints/<variant>/, logs in runs/<variant>/",
+            variant=True)
+    p.add_argument("--resume", action="store_true", help="continue checkpoints/<variant>/last.pt")
+    p.add_argument("--restart", action="store_true", help="start over, replacing that run's checkpoints and logs")
+    p.add_argument("--epochs", type=int, help="override params.epochs")
+    p.add_argument("--max-steps", type=int, help="override params.max_steps (stop after this many steps)")
+    p.add_argument("--workers", type=int, help="override params.num_workers (data loader processes)")
+    p = add("sd", cmd_sd, "run every variant of a sweep (or one variant): submission, scores, leaderboard row each")
+    p.add_argument("--sweep", help="sweep YAML: a base config and named variants (configs/sd-prompts.yaml)")
+    p.add_argument("--variant", help="one variant instead of a sweep: configs/<name>.yaml or a YAML path")
+    p.add_argument("--only", help="comma-separated variant names of the sweep to run (default: all)")
+    p.add_argument("--param", action="append", help="override a method parameter of every variant: key=value")
     p = add("compare", cmd_compare, "write the comparison report (HTML + PNG) from the leaderboard")
     p.add_argument("--variants", help="comma-separated variant names (default: every variant on the leaderboard)")
     p.add_argument("--images", type=int, default=6, help="gallery rows (validation images)")

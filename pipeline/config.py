@@ -130,6 +130,65 @@ def load_variant(name_or_path: str | Path, data_root: str | Path | None = None) 
     return variant_from_dict(raw, source=path, data_root=data_root)
 
 
+SWEEP_KEYS = ("base", "variants", "description")
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # it names files: submissions/<name>.csv
+
+
+def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[VariantConfig]:
+    """The variants of a sweep file, in file order.
+
+    A sweep is a `base` (a variant config: a name/path of one, or the mapping itself) and a list
+    of `variants`, each with a unique `name` and the keys it changes: `params` and `data` are
+    merged key by key over the base's, any other key (description, batch_size, method) replaces
+    the base's. Every variant is checked as a whole before any is returned.
+    """
+    import re
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such sweep file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'base' and 'variants'")
+    unknown = sorted(set(raw) - set(SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SWEEP_KEYS)}")
+    base = raw.get("base")
+    if isinstance(base, str):
+        beside = path.parent / base  # a file name relative to the sweep file
+        base_path = beside if beside.suffix in (".yaml", ".yml") and beside.exists() else resolve_variant_path(base)
+        try:
+            base = yaml.safe_load(base_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{base_path}: not valid YAML: {exc}") from exc
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base: expected a variant config name/path or a mapping")
+    entries = raw.get("variants")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: variants: expected a non-empty list of mappings with a name")
+    variants, seen = [], set()
+    for i, entry in enumerate(entries):
+        where = f"{path}: variants[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f"{where}: expected a mapping with a 'name'")
+        name = entry["name"]
+        if not re.match(VARIANT_NAME, name):
+            raise ConfigError(f"{where}: name {name!r}: letters, digits, '.', '_' and '-' only")
+        if name in seen:
+            raise ConfigError(f"{where}: name {name!r} appears twice")
+        seen.add(name)
+        merged = {**base, **entry}
+        for key in ("params", "data"):
+            if not isinstance(entry.get(key, {}), dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping")
+            merged[key] = {**(base.get(key) or {}), **(entry.get(key) or {})}
+        variants.append(variant_from_dict(merged, source=path, data_root=data_root))
+    return variants
+
+
 def variant_from_dict(
     raw: dict[str, Any], source: Path | None = None, data_root: str | Path | None = None
 ) -> VariantConfig:

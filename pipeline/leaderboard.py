@@ -97,8 +97,8 @@ class Leaderboard:
         table = table.drop_duplicates("variant", keep="last")
         return table.sort_values("val_rmse", na_position="last").reset_index(drop=True)
 
-    def format(self, all_rows: bool = False) -> str:
-        table = self.read() if all_rows else self.latest()
+    def format(self, all_rows: bool = False, variants: list[str] | None = None) -> str:
+        table = self.read() if all_rows else self.latest(variants)
         if table.empty:
             return f"{self.path}: no submissions yet (make submit VARIANT=...)"
         if all_rows:

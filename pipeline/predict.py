@@ -7,13 +7,22 @@
 `val` inputs are training photos with the fixed validation boxes blanked; `test` inputs are the
 competition's test images (boxes re-blanked, so every method sees the same fill whatever the
 competition used).
+
+Several processes (`accelerate launch --num_processes N -m pipeline ...`, one per GPU): the records
+are split between them with accelerate's `split_between_processes` (contiguous, in order); each
+process writes its own PNGs into the shared staging folder, plus its timing; the main process
+waits for all, checks every record's PNG is there, writes run.json and renames the folder. PNGs
+are named by image id, so the merged folder is the same whatever the split, and whatever reads
+it (the submission writer) goes through the records in the competition's order.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -56,6 +65,58 @@ def masked_batches(records: Sequence[ImageRecord], size: int, batch_size: int) -
         )
 
 
+class SingleProcess:
+    """The process state of an ordinary run: accelerate's PartialState interface, one process."""
+
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    @contextmanager
+    def split_between_processes(self, items):
+        yield items
+
+
+def process_state():
+    """accelerate's PartialState when launched as several processes (accelerate launch,
+    torchrun: WORLD_SIZE > 1), else SingleProcess (so a classical run never imports torch)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState()
+    return SingleProcess()
+
+
+def _predict_records(records, inpainter, staging: Path, size: int, batch_size: int, bar) -> float:
+    """Inpaint `records`, write their PNGs into `staging`; returns the seconds spent inpainting."""
+    seconds = 0.0
+    for chunk, batch in masked_batches(records, size, batch_size):
+        start = time.perf_counter()
+        outputs = composite(batch.masked_images, batch.masks, inpainter.inpaint(batch))
+        seconds += time.perf_counter() - start
+        for record, image in zip(chunk, outputs):
+            write_image(staging / f"{record.image_id}.png", image)
+        bar.update(len(chunk))
+    return seconds
+
+
+def _merge_shards(staging: Path, records: Sequence[ImageRecord], processes: int) -> float:
+    """Check every record's PNG is in `staging` (in record order); total inpainting seconds."""
+    missing = [r.image_id for r in records if not (staging / f"{r.image_id}.png").exists()]
+    if missing:
+        raise CompetitionError(f"{staging}: {len(missing)} prediction(s) missing after all processes "
+                               f"finished, first {missing[0]}; re-run the prediction")
+    seconds = 0.0
+    for rank in range(processes):
+        shard = staging / f"shard-{rank}.json"
+        seconds += json.loads(shard.read_text())["seconds"]
+        shard.unlink()
+    return seconds
+
+
 def predict_split(
     variant: VariantConfig,
     competition: Competition,
@@ -63,40 +124,46 @@ def predict_split(
     inpainter: Inpainter | None = None,
     root: Path = PREDICTIONS_DIR,
     progress: bool = True,
+    state=None,
 ) -> PredictionRun:
     """Predict every image of `split` ("val" or "test") and write the composited PNGs.
 
     The folder is written beside its final place and renamed over it when complete, so a killed
-    run leaves the previous predictions intact.
+    run leaves the previous predictions intact. `state` (default: `process_state()`) splits the
+    records between processes; every process must call this, and all return the same run.
+    seconds_per_image is inpainting time summed over processes per image (device-seconds).
     """
     if split not in ("val", "test"):
         raise ValueError(f"predict val or test, not {split!r}")
     records = competition.split(split)
     if not records:
         raise CompetitionError(f"{competition.root}: split {split!r} is empty (data.val_count?)")
+    state = state or process_state()
     inpainter = inpainter or build_inpainter(variant)
     final = prediction_dir(variant.name, split, root)
     staging = final.with_name(final.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    state.wait_for_everyone()
     size = competition.config.image_size
-    seconds = 0.0
-    bar = tqdm(total=len(records), desc=f"{variant.name} {split}", unit="img", disable=not progress)
-    for chunk, batch in masked_batches(records, size, variant.batch_size):
-        start = time.perf_counter()
-        outputs = composite(batch.masked_images, batch.masks, inpainter.inpaint(batch))
-        seconds += time.perf_counter() - start
-        for record, image in zip(chunk, outputs):
-            write_image(staging / f"{record.image_id}.png", image)
-        bar.update(len(chunk))
-    bar.close()
-    run = PredictionRun(final, len(records), seconds / len(records))
-    (staging / "run.json").write_text(json.dumps(
-        {"variant": variant.to_dict(), "split": split, "images": run.images,
-         "seconds_per_image": run.seconds_per_image}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    return run
+    with state.split_between_processes(list(records)) as mine:
+        bar = tqdm(total=len(mine), desc=f"{variant.name} {split}", unit="img",
+                   disable=not (progress and state.is_main_process))
+        seconds = _predict_records(mine, inpainter, staging, size, variant.batch_size, bar)
+        bar.close()
+        (staging / f"shard-{state.process_index}.json").write_text(
+            json.dumps({"images": len(mine), "seconds": seconds}))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        seconds = _merge_shards(staging, records, state.num_processes)
+        (staging / "run.json").write_text(json.dumps(
+            {"variant": variant.to_dict(), "split": split, "images": len(records),
+             "seconds_per_image": seconds / len(records), "processes": state.num_processes}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    state.wait_for_everyone()
+    return PredictionRun(final, len(records), load_run(variant.name, split, root)["seconds_per_image"])
 
 
 def load_run(variant_name: str, split: str, root: Path = PREDICTIONS_DIR) -> dict:

@@ -57,6 +57,10 @@ class Inpainter(ABC):
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
         """Fill the masked pixels of each image; returns uint8 (N, H, W, 3)."""
 
+    @classmethod
+    def preflight(cls, variant: VariantConfig) -> None:
+        """Cheap checks to run before any other work (config, weights on disk); raise to stop."""
+
 
 def composite(masked_images: np.ndarray, masks: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     """Box pixels from `predictions`, every other pixel from `masked_images` (all uint8 NHWC)."""
@@ -74,11 +78,12 @@ METHODS = {
     "mean": "pipeline.inpainters.classical:MeanFill",
     "telea": "pipeline.inpainters.classical:OpenCVInpaint",
     "navier-stokes": "pipeline.inpainters.classical:OpenCVInpaint",
+    "sd": "pipeline.inpainters.sd:SDInpainter",
 }
 
 
-def build_inpainter(variant: VariantConfig) -> Inpainter:
-    """The Inpainter named by `variant.method`, built from the variant's config."""
+def inpainter_class(variant: VariantConfig) -> type[Inpainter]:
+    """The Inpainter class named by `variant.method`."""
     target = METHODS.get(variant.method)
     if target is None:
         raise ConfigError(
@@ -86,5 +91,14 @@ def build_inpainter(variant: VariantConfig) -> Inpainter:
             f"{', '.join(sorted(METHODS))}"
         )
     module, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
-    return cls.from_config(variant)
+    return getattr(importlib.import_module(module), cls_name)
+
+
+def preflight(variant: VariantConfig) -> None:
+    """The method's checks that must pass before any other work (e.g. its weights are here)."""
+    inpainter_class(variant).preflight(variant)
+
+
+def build_inpainter(variant: VariantConfig) -> Inpainter:
+    """The Inpainter named by `variant.method`, built from the variant's config."""
+    return inpainter_class(variant).from_config(variant)
