@@ -23,7 +23,6 @@ import hashlib
 import os
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import Competition, ImageRecord
 
 DEFAULT_COLUMNS = ("Id", "Predicted")
@@ -141,9 +141,11 @@ class DefaultIds:
                 digit = data[np.where(live, a + t, 0)].astype(np.int64) - ord("0")
                 ok &= ~live | ((digit >= 0) & (digit <= 9))
                 value = np.where(live, value * 10 + digit, value)
+            # "07" would parse to 7 but is not the id Kaggle expects
+            ok &= (length == 1) | (data[np.minimum(a, len(data) - 1)] != ord("0"))
             if not ok.all():
                 i = int(np.flatnonzero(~ok)[0])
-                fail(i, f"id {ids[i].as_py()!r}: box, row, col and channel must be integers")
+                fail(i, f"id {ids[i].as_py()!r}: box, row, col and channel must be integers without leading zeros")
             fields.append(value)
         box, row, col, channel = fields
         image = self._image_index(ids, ends - seps[0])
@@ -245,6 +247,8 @@ def _open(source, columns: Sequence[str] | None = None, path: Path | None = None
         return pacsv.open_csv(
             source,
             read_options=pacsv.ReadOptions(block_size=READ_BLOCK),
+            # a blank line is an error, not skipped: line numbers in messages stay true
+            parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, OSError) as exc:
@@ -434,26 +438,9 @@ def _diagnose(path: Path, competition: Competition, codec, columns, rows: int, e
 # ---------------------------------------------------------------------------------------------
 
 
-class PredictionCache:
-    """Loads prediction images on demand, keeping the last few (bounded memory)."""
-
-    def __init__(self, load: Callable[[int], np.ndarray], size: int = 64):
-        self.load, self.size = load, size
-        self.items: OrderedDict[int, np.ndarray] = OrderedDict()
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if index in self.items:
-            self.items.move_to_end(index)
-        else:
-            self.items[index] = self.load(index)
-            if len(self.items) > self.size:
-                self.items.popitem(last=False)
-        return self.items[index]
-
-
 def box_values(image: np.ndarray, record: ImageRecord) -> np.ndarray:
     """uint8 values of `record`'s boxes in `image`, in the default format's row order."""
-    return np.concatenate([image[b.slices].reshape(-1) for b in record.boxes])
+    return box_pixels(image, record.boxes).reshape(-1)
 
 
 def write_submission(
@@ -483,7 +470,8 @@ def write_submission(
 
     def produce() -> None:
         try:
-            with open(tmp, "wb") as file, os.fdopen(write_end, "wb") as pipe:
+            # the pipe closes last: EOF for the validator means the file is complete on disk
+            with os.fdopen(write_end, "wb") as pipe, open(tmp, "wb") as file:
                 for chunk in chunks:
                     file.write(chunk)
                     digest.update(chunk)
@@ -505,10 +493,10 @@ def write_submission(
             raise failures[0]
         os.replace(tmp, path)
         return Validation(path, rows, digest.hexdigest())
-    except SubmissionError:
+    except SubmissionError as exc:
         if failures:
             raise failures[0] from None
-        raise
+        raise SubmissionError(str(exc).replace(str(tmp), f"{path} (not written)")) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -547,8 +535,9 @@ def _sample_chunks(competition, load_prediction, progress) -> Iterator[bytes]:
     sample = competition.sample_submission
     columns = expected_columns(competition)
     codec = _id_codec(competition)
-    cache = PredictionCache(load_prediction)
-    boxes = [r.boxes for r in competition.test]
+    # box pixels (~34 KB an image) of every image seen so far: rows of a sample submission may
+    # come in any order, and reloading a prediction per batch would decode each image many times
+    cache: dict[int, np.ndarray] = {}
     yield (",".join(columns) + "\n").encode()
     rows = 0
     for batch in tqdm(_batches(_open(sample, columns), sample), desc="write submission", unit="batch",
@@ -559,12 +548,12 @@ def _sample_chunks(competition, load_prediction, progress) -> Iterator[bytes]:
         parsed = codec.parse(batch.column(0), fail)
         values = np.empty(batch.num_rows, dtype=np.uint8)
         for image in np.unique(parsed.image):
+            image = int(image)
+            if image not in cache:
+                cache[image] = box_pixels(load_prediction(image), competition.test[image].boxes)
             rows_of = np.flatnonzero(parsed.image == image)
-            prediction = cache[int(image)]
-            box_x = np.array([b.x for b in boxes[image]])[parsed.box[rows_of]]
-            box_y = np.array([b.y for b in boxes[image]])[parsed.box[rows_of]]
-            values[rows_of] = prediction[box_y + parsed.row[rows_of], box_x + parsed.col[rows_of],
-                                         parsed.channel[rows_of]]
+            values[rows_of] = cache[image][parsed.box[rows_of], parsed.row[rows_of], parsed.col[rows_of],
+                                           parsed.channel[rows_of]]
         yield bytes(_rows_text(batch.column(0).cast(pa.string()), values))
         rows += batch.num_rows
 

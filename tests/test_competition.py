@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data.competition import CompetitionError, load_competition
+from pipeline.data.competition import CompetitionError, carve_validation, load_competition
 from pipeline.data.sample import SOURCES
 from tests.conftest import small_data_config
 
@@ -79,7 +79,7 @@ def _break(workspace, edit):
     [
         (lambda t: t.assign(x=t.x.where(t.index != 3, 200)), r"bboxes.csv: line 5 .*lies outside the 256x256 image"),
         (lambda t: t.assign(width=t.width.where(t.index != 0, 70)), r"line 2 .*box is 70x75, expected 75x75"),
-        (lambda t: t.drop(index=5), r"has 1 box\(es\), expected 2"),
+        (lambda t: t.drop(index=5), r"has 1 box\(es\) \(lines \d+\), expected 2"),
         (lambda t: t.assign(image_id=t.image_id.where(t.image_id != t.image_id.iloc[0], "no_such_image")),
          r"line 2: image 'no_such_image' is not among"),
         (lambda t: t.assign(y=t.y.astype(str).where(t.index != 2, "ten")), r"line 4: y='ten' is not an integer"),
@@ -124,3 +124,59 @@ def test_empty_training_folder_is_an_error(workspace):
 def test_missing_competition_folder_says_what_to_run(tmp_path):
     with pytest.raises(CompetitionError, match="make sample"):
         load_competition(small_data_config(tmp_path))
+
+
+def test_one_image_named_two_ways_is_counted_once(workspace):
+    """camera_000 twice and camera_000.png twice are four boxes of one image, not two each."""
+    table = pd.read_csv(workspace / "data/sample/bboxes.csv")
+    first = table.image_id.iloc[0]
+    extra = table[table.image_id == first].assign(image_id=first + ".png")
+    _break(workspace, lambda t: pd.concat([t, extra]))
+    with pytest.raises(CompetitionError, match=rf"'{first}.png' has 4 box\(es\) \(lines 2, 3, \d+, \d+\)"):
+        load_competition(small_data_config(workspace))
+
+
+def test_repeated_box_index_is_named(workspace):
+    _break(workspace, lambda t: t.assign(box=0))
+    with pytest.raises(CompetitionError, match=r"line 3: image '.*' has box index 0 twice"):
+        load_competition(small_data_config(workspace))
+
+
+def test_windows_paths_bom_and_crlf_are_read(workspace):
+    reference = _boxes_of(load_competition(small_data_config(workspace)))
+    table = pd.read_csv(workspace / "data/sample/bboxes.csv")
+    table["image_id"] = table["class"] + "\\" + table.image_id + ".png"
+    text = table.to_csv(index=False, lineterminator="\r\n")
+    (workspace / "data/sample/bboxes.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert _boxes_of(load_competition(small_data_config(workspace))) == reference
+
+
+def test_comma_in_a_test_image_name_is_refused(workspace):
+    path = next((workspace / "data/sample/test").rglob("*.png"))
+    path.rename(path.with_name("a,b.png"))
+    _break(workspace, lambda t: t.assign(image_id=t.image_id.replace(path.stem, "a,b")))
+    with pytest.raises(CompetitionError, match="a,b.png: a comma, quote or line break"):
+        load_competition(small_data_config(workspace))
+
+
+def test_colliding_training_ids_are_named(workspace):
+    cat = workspace / "data/sample/train/cat"
+    photo = next(cat.glob("*.jpg"))
+    (cat / (photo.stem + ".png")).write_bytes(photo.read_bytes())
+    with pytest.raises(CompetitionError, match=rf"both get the id 'cat_{photo.stem}'"):
+        load_competition(small_data_config(workspace))
+
+
+def test_sample_submission_found_under_kaggle_spellings(workspace):
+    (workspace / "data/sample/sampleSubmission.csv").write_text("Id,Predicted\n")
+    assert load_competition(small_data_config(workspace)).sample_submission.name == "sampleSubmission.csv"
+    (workspace / "data/sample/sample_submission.csv").write_text("Id,Predicted\n")
+    with pytest.raises(CompetitionError, match="several sample submissions"):
+        load_competition(small_data_config(workspace))
+
+
+def test_validation_boxes_that_cannot_fit_are_named(competition):
+    cfg = small_data_config(Path("."))
+    cfg.boxes_per_image = 40
+    with pytest.raises(CompetitionError, match="lower data.boxes_per_image"):
+        carve_validation(competition.train, cfg)

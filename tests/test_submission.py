@@ -63,6 +63,8 @@ def _edit(path, change):
          r"line 5: id '.*_0_80_1_0': row 80 is out of range 0..74"),
         (lambda t: t.loc.__setitem__((3, "Id"), t.loc[3, "Id"].replace("_0_0_1_0", "_2_0_1_0")),
          r"line 5: .*box 2 is out of range 0..1"),
+        (lambda t: t.loc.__setitem__((3, "Id"), t.loc[3, "Id"].replace("_0_0_1_0", "_0_00_1_0")),
+         r"line 5: .*without leading zeros"),
         (lambda t: t.loc.__setitem__((3, "Id"), "garbage"), r"line 5: id 'garbage' is not <image>_<box>_<row>_<col>_<channel>"),
         (lambda t: t.rename(columns={"Predicted": "Value"}), r"header is \['Id', 'Value'\]"),
     ],
@@ -74,11 +76,52 @@ def test_bad_submissions_are_rejected_with_the_line(competition, written, change
         validate_submission(result.path, competition, progress=False)
 
 
-def test_rows_in_another_order_are_valid(competition, written):
+def test_rows_in_another_order_are_valid_and_checked(competition, written):
     result, _ = written
     table = pd.read_csv(result.path, dtype=str).sample(frac=1.0, random_state=0)
     table.to_csv(result.path, index=False)
-    validate_submission(result.path, competition, progress=False)
+    assert validate_submission(result.path, competition, progress=False).rows == result.rows
+    table.iloc[100, 0] = table.iloc[200_000, 0]  # one id twice, another gone, far apart
+    table.to_csv(result.path, index=False)
+    with pytest.raises(SubmissionError, match=rf"id '{table.iloc[100, 0]}' appears more than once"):
+        validate_submission(result.path, competition, progress=False)
+
+
+def test_blank_line_is_named_at_its_true_line(competition, written):
+    result, _ = written
+    lines = result.path.read_text().splitlines(keepends=True)
+    result.path.write_text("".join(lines[:5] + ["\n"] + lines[5:]))
+    with pytest.raises(SubmissionError, match="line 6: id ''"):
+        validate_submission(result.path, competition, progress=False)
+
+
+def test_unwritable_temp_file_fails_fast(competition, workspace, monkeypatch):
+    """The writer thread cannot open its file: the error surfaces, nothing hangs."""
+    import threading
+
+    import pipeline.submission as submission
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr(submission, "open", refuse, raising=False)
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(_attempt(
+        lambda: write_submission(workspace / "submissions/y.csv", competition, _predictions(competition).__getitem__,
+                                 progress=False))), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "write_submission hung"
+    assert isinstance(outcome[0], PermissionError)
+    assert not (workspace / "submissions/y.csv").exists()
+
+
+def _attempt(call):
+    try:
+        call()
+    except Exception as exc:  # the test inspects it
+        return exc
+    return None
 
 
 def test_a_failed_write_keeps_the_previous_file(competition, written):

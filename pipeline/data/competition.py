@@ -134,9 +134,12 @@ def find_bbox_csv(root: Path, name: str | None = None) -> Path:
         return path
     found = []
     for path in sorted(root.rglob("*.csv")):
-        if path.name == "sample_submission.csv":
+        if re.fullmatch(r"sample_?submission", path.stem, re.I):
             continue
-        header = {_norm(c) for c in pd.read_csv(path, nrows=0).columns}
+        try:
+            header = {_norm(c) for c in pd.read_csv(path, nrows=0).columns}
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue  # not a readable CSV, so not the bbox file
         if header & set(X0_COLUMNS) and header & (set(W_COLUMNS) | set(X1_COLUMNS)):
             found.append(path)
     if not found:
@@ -206,6 +209,12 @@ def read_bbox_csv(path: Path, cfg: DataConfig) -> pd.DataFrame:
         }
     )
     out["box"] = numbers(box_col) if box_col else out.groupby("image").cumcount()
+    repeated = out.duplicated(["image", "box"])
+    if repeated.any():
+        row = out[repeated].iloc[0]
+        raise CompetitionError(
+            f"{path}: line {row.line}: image {row.image!r} has box index {row.box} twice ({box_col} column)"
+        )
     for row in out.itertuples():
         where = f"{path}: line {row.line} (image {row.image!r})"
         if not row.image:
@@ -220,14 +229,6 @@ def read_bbox_csv(path: Path, cfg: DataConfig) -> pd.DataFrame:
                 f"{where}: box x={row.x} y={row.y} {row.w}x{row.h} lies outside the "
                 f"{cfg.image_size}x{cfg.image_size} image"
             )
-    counts = out.groupby("image")["box"].count()
-    wrong = counts[counts != cfg.boxes_per_image]
-    if len(wrong):
-        image, n = wrong.index[0], int(wrong.iloc[0])
-        raise CompetitionError(
-            f"{path}: image {image!r} has {n} box(es), expected {cfg.boxes_per_image} "
-            "(data.boxes_per_image in the config)"
-        )
     return out
 
 
@@ -263,7 +264,10 @@ def carve_validation(train: list[ImageRecord], cfg: DataConfig) -> tuple[list[Im
     kept, val = [], []
     for i, record in enumerate(train):
         if i in chosen:
-            boxes = random_boxes(rng, cfg.image_size, cfg.box_size, cfg.boxes_per_image)
+            try:
+                boxes = random_boxes(rng, cfg.image_size, cfg.box_size, cfg.boxes_per_image)
+            except ValueError as exc:
+                raise CompetitionError(f"validation boxes: {exc}; lower data.boxes_per_image or data.box_size") from exc
             val.append(ImageRecord(record.image_id, record.path, record.label, "val", tuple(boxes)))
         else:
             kept.append(record)
@@ -308,13 +312,14 @@ def load_competition(cfg: DataConfig, check_images: bool = True) -> Competition:
     boxes_by_path: dict[Path, list[tuple[int, Box]]] = {}
     label_by_path: dict[Path, str | None] = {}
     for row in table.itertuples():
-        path = index.get(row.image) or index.get(Path(row.image).name)
+        name = row.image.replace("\\", "/")  # paths written on Windows
+        path = index.get(name) or index.get(Path(name).name)
         if path is None:
             raise CompetitionError(
                 f"{bbox_csv}: line {row.line}: image {row.image!r} is not among the {len(test_paths)} "
                 f"images under {test_root} (or its name is shared by two of them)"
             )
-        boxes_by_path.setdefault(path, []).append((row.box, Box(row.x, row.y, row.w, row.h)))
+        boxes_by_path.setdefault(path, []).append((row.box, Box(row.x, row.y, row.w, row.h), row.line))
         label_by_path[path] = row.label if isinstance(row.label, str) and row.label else None
 
     stems: dict[str, Path] = {}
@@ -328,21 +333,43 @@ def load_competition(cfg: DataConfig, check_images: bool = True) -> Competition:
                 "submission ids must be unique"
             )
         stems[path.stem] = path
-        boxes = tuple(b for _, b in sorted(boxes_by_path[path], key=lambda t: t[0]))
+        if any(c in path.stem for c in ',"\n\r'):
+            raise CompetitionError(f"{path}: a comma, quote or line break in the name breaks the submission CSV; rename it")
+        entries = sorted(boxes_by_path[path], key=lambda t: t[0])
+        if len(entries) != cfg.boxes_per_image:
+            lines = ", ".join(str(line) for line in sorted(line for _, _, line in entries))
+            raise CompetitionError(
+                f"{bbox_csv}: image {path.name!r} has {len(entries)} box(es) (lines {lines}), expected "
+                f"{cfg.boxes_per_image} (data.boxes_per_image in the config)"
+            )
+        boxes = tuple(b for _, b, _ in entries)
         label = label_by_path[path] or _label_of(path, test_root)
         test.append(ImageRecord(path.stem, path, label, "test", boxes))
         if check_images:
             read_image(path, cfg.image_size)
 
-    train_records = []
+    train_records: list[ImageRecord] = []
+    train_ids: dict[str, Path] = {}
     for path in train_paths:
         if check_images:
             _check_header(path, cfg.image_size)
         rel = path.relative_to(train_base)
-        image_id = "_".join(rel.with_suffix("").parts)  # unique across class folders
+        image_id = "_".join(rel.with_suffix("").parts)  # class folder + stem
+        if image_id in train_ids:
+            raise CompetitionError(
+                f"{path} and {train_ids[image_id]}: both get the id {image_id!r}; rename one "
+                "(predictions are stored by id)"
+            )
+        train_ids[image_id] = path
         train_records.append(ImageRecord(image_id, path, _label_of(path, train_base), "train"))
     train_records, val = carve_validation(train_records, cfg)
-    sample = root / "sample_submission.csv"
     classes = sorted({r.label for r in train_records + val + test if r.label})
-    return Competition(root, cfg, train_records, val, test, bbox_csv,
-                       sample if sample.exists() else None, classes)
+    return Competition(root, cfg, train_records, val, test, bbox_csv, find_sample_submission(root), classes)
+
+
+def find_sample_submission(root: Path) -> Path | None:
+    """The competition's sample submission (sample_submission.csv, sampleSubmission.csv, ...)."""
+    found = [p for p in sorted(root.rglob("*.csv")) if re.fullmatch(r"sample_?submission", p.stem, re.I)]
+    if len(found) > 1:
+        raise CompetitionError(f"{root}: several sample submissions ({', '.join(map(str, found))}); keep one")
+    return found[0] if found else None
