@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import ConfigError, DataConfig, VariantConfig, data_config, load_variant
+from pipeline.config import ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
 from pipeline.data.competition import Competition, CompetitionError, load_competition
 from pipeline.leaderboard import Leaderboard
 
@@ -40,10 +40,13 @@ def _apply_params(variant: VariantConfig, items: list[str] | None) -> VariantCon
 
 
 def _variant(args) -> VariantConfig:
-    return _apply_params(load_variant(args.variant, data_root=args.data), args.param)
+    return _apply_params(load_variant(args.variant, data_root=args.data), getattr(args, "param", None))
 
 
 def _data_config(args) -> DataConfig:
+    """The competition settings of --variant (with --data over its root), else the defaults."""
+    if getattr(args, "variant", None):
+        return load_variant(args.variant, data_root=args.data).data
     if args.data:
         return data_config({"root": args.data, "truth": None if Path(args.data) != DataConfig.root else DataConfig.truth})
     return DataConfig()
@@ -86,7 +89,11 @@ def cmd_predict(args) -> None:
     variant = _variant(args)
     preflight(variant)
     competition = load_competition(variant.data)
-    for split, run in _predict(variant, competition, args.splits.split(",")).items():
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    for split in [s for s in splits if s in ("val", "test") and not competition.split(s)]:
+        print(f"note: the {split} split is empty (data.val_count = 0?); skipped", file=sys.stderr)
+    splits = [s for s in splits if s not in ("val", "test") or competition.split(s)]
+    for split, run in _predict(variant, competition, splits).items():
         print(f"{variant.name} {split}: {run.images} images -> {run.folder} "
               f"({run.seconds_per_image:.4f} s/image)")
 
@@ -198,7 +205,7 @@ def cmd_sd(args) -> None:
 def cmd_validate(args) -> None:
     from pipeline.submission import validate_submission
 
-    competition = load_competition(_data_config(args))
+    competition = load_competition(_data_config(args), check_images=False)
     result = validate_submission(Path(args.csv), competition)
     print(f"{result.path}: OK, {result.rows} values, sha256 {result.sha256}")
 
@@ -209,7 +216,7 @@ def cmd_score(args) -> None:
     from pipeline.submission import read_submission, validate_submission
 
     if args.csv:
-        competition = load_competition(_data_config(args))
+        competition = load_competition(_data_config(args), check_images=False)
         validate_submission(Path(args.csv), competition)
         scores = score_boxes(read_submission(Path(args.csv), competition),
                              truth_boxes(competition, competition.test),
@@ -257,7 +264,7 @@ def cmd_kaggle_submit(args) -> None:
     from pipeline.submission import validate_submission
 
     variant = _variant(args)
-    competition = load_competition(variant.data)
+    competition = load_competition(variant.data, check_images=False)
     row = _latest_row(variant.name)
     csv = Path(row["submission"])
     # a bad file never costs one of the day's submissions
@@ -277,7 +284,7 @@ def cmd_kaggle_scores(args) -> None:
     leaderboard = Leaderboard()
     known = set(leaderboard.read()["sha256"].dropna())
     updated = 0
-    for submission in kaggle.list_submissions(args.competition):
+    for submission in reversed(kaggle.list_submissions(args.competition)):  # oldest first: newest wins
         sha = next((s for s in known if f"[sha {s[:12]}]" in (submission.description or "")), None)
         if sha and leaderboard.update_kaggle(sha, submission.ref, submission.status, submission.public_score):
             updated += 1
@@ -311,9 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("submit", cmd_submit, "predict, write and validate the submission CSV, score, record", variant=True)
     p = add("validate", cmd_validate, "validate a submission CSV before upload")
     p.add_argument("--csv", required=True)
+    p.add_argument("--variant", help="take the competition settings (data:) from this variant's config")
     p = add("score", cmd_score, "score a variant (validation split) or a CSV (test truth)")
-    p.add_argument("--variant")
-    p.add_argument("--param", action="append")
+    p.add_argument("--variant", help="score this variant's validation predictions (with --csv: use its data settings)")
     p.add_argument("--csv")
     p.add_argument("--json", action="store_true", help="also print the scores as JSON")
     p = add("leaderboard", cmd_leaderboard, "print the leaderboard (latest row per variant)", data=False)
@@ -345,13 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CompetitionError) as exc:
+    except PipelineError as exc:  # errors a person acts on carry their own message
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        # errors the pipeline raises for a person to act on carry their own message
-        if type(exc).__name__ in ("SubmissionError", "KaggleError", "CheckpointError", "ModelNotAvailableError"):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,14 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # it names files: submissions/<name>.csv
 
 
-class ConfigError(ValueError):
+class PipelineError(Exception):
+    """An error a person can act on: the CLI prints its message (no traceback) and exits 2."""
+
+
+class ConfigError(PipelineError, ValueError):
     """A config file or value a person has to fix; the message names the file and the key."""
 
 
@@ -99,8 +105,16 @@ def data_config(values: dict[str, Any] | None = None, where: str = "data") -> Da
     cfg.truth = Path(cfg.truth) if cfg.truth else None
     if cfg.box_size <= 0 or cfg.box_size > cfg.image_size:
         raise ConfigError(f"{where}.box_size: {cfg.box_size} does not fit a {cfg.image_size} image")
+    for name in ("image_size", "box_size", "boxes_per_image", "val_count", "val_seed"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}.{name}: expected a non-negative integer, got {value!r}")
     if cfg.boxes_per_image < 1:
         raise ConfigError(f"{where}.boxes_per_image: must be at least 1")
+    try:
+        re.compile(cfg.id_pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}.id_pattern: not a valid regular expression ({exc})") from exc
     return cfg
 
 
@@ -131,7 +145,6 @@ def load_variant(name_or_path: str | Path, data_root: str | Path | None = None) 
 
 
 SWEEP_KEYS = ("base", "variants", "description")
-VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # it names files: submissions/<name>.csv
 
 
 def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[VariantConfig]:
@@ -142,8 +155,6 @@ def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[Va
     merged key by key over the base's, any other key (description, batch_size, method) replaces
     the base's. Every variant is checked as a whole before any is returned.
     """
-    import re
-
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such sweep file")
@@ -200,10 +211,15 @@ def variant_from_dict(
     raw.setdefault("name", source.stem if source else raw["method"])
     data = dict(raw.pop("data", None) or {})
     if data_root is not None:
+        if Path(data_root) != Path(data.get("root", DataConfig.root)):
+            data["truth"] = None  # the config's ground truth belongs to its own data folder
         data["root"] = data_root
-        if Path(data_root) != DataConfig.root and "truth" not in data:
-            data["truth"] = None
     variant = _build(VariantConfig, raw, where)
+    if not isinstance(variant.name, str) or not re.fullmatch(VARIANT_NAME, variant.name):
+        raise ConfigError(f"{where}: name {variant.name!r}: letters, digits, '.', '_' and '-' only "
+                          "(it names submissions/<name>.csv)")
+    if not isinstance(variant.batch_size, int) or variant.batch_size < 1:
+        raise ConfigError(f"{where}: batch_size: expected a positive integer, got {variant.batch_size!r}")
     variant.data = data_config(data, f"{where}: data")
     variant.params = dict(variant.params or {})
     variant.source = source

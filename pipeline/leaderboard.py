@@ -17,8 +17,10 @@ Every write goes to a temporary file renamed over the old one, so the file is ne
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,6 +61,14 @@ class Leaderboard:
         table.to_csv(tmp, index=False)
         os.replace(tmp, self.path)
 
+    @contextmanager
+    def _locked(self):
+        """Serialise read-modify-write between processes (two `make submit`s at once)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def record(self, entry: dict) -> dict:
         """Append one submission's row; unknown keys are an error, missing ones empty."""
         unknown = set(entry) - set(COLUMNS)
@@ -69,13 +79,18 @@ class Leaderboard:
         for column in ("config", "val_rmse_by_class"):
             if isinstance(row[column], (dict, list)):
                 row[column] = json.dumps(row[column], sort_keys=True)
-        table = self.read()
         new = pd.DataFrame([row], columns=COLUMNS)
-        self._write(new if table.empty else pd.concat([table, new], ignore_index=True))
+        with self._locked():
+            table = self.read()
+            self._write(new if table.empty else pd.concat([table, new], ignore_index=True))
         return row
 
     def update_kaggle(self, sha256: str, ref: str | None, status: str | None, public_score: float | None) -> bool:
         """Set the Kaggle fields of the rows whose CSV has this checksum; False if none has."""
+        with self._locked():
+            return self._update_kaggle(sha256, ref, status, public_score)
+
+    def _update_kaggle(self, sha256, ref, status, public_score) -> bool:
         table = self.read()
         rows = table["sha256"] == sha256
         if not rows.any():

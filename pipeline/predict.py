@@ -18,6 +18,7 @@ it (the submission writer) goes through the records in the competition's order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,7 +33,13 @@ from tqdm import tqdm
 
 from pipeline.config import VariantConfig
 from pipeline.data.boxes import apply_mask, box_pixels, boxes_mask
-from pipeline.data.competition import Competition, CompetitionError, ImageRecord, read_image, write_image
+from pipeline.data.competition import (
+    Competition,
+    CompetitionError,
+    ImageRecord,
+    read_image,
+    write_image,
+)
 from pipeline.inpainters.base import InpaintBatch, Inpainter, build_inpainter, composite
 from pipeline.score import Scores, score_boxes
 
@@ -159,11 +166,23 @@ def predict_split(
         seconds = _merge_shards(staging, records, state.num_processes)
         (staging / "run.json").write_text(json.dumps(
             {"variant": variant.to_dict(), "split": split, "images": len(records),
+             "split_fingerprint": split_fingerprint(records),
              "seconds_per_image": seconds / len(records), "processes": state.num_processes}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
+        # swap so that some complete folder exists at every moment, even if killed in between
+        previous = final.with_name(final.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        if final.exists():
+            final.rename(previous)
         staging.rename(final)
+        shutil.rmtree(previous, ignore_errors=True)
     state.wait_for_everyone()
     return PredictionRun(final, len(records), load_run(variant.name, split, root)["seconds_per_image"])
+
+
+def split_fingerprint(records: Sequence[ImageRecord]) -> str:
+    """A digest of the split's image ids and boxes: predictions are only comparable on the same."""
+    text = json.dumps([(r.image_id, [b.as_xyxy() for b in r.boxes]) for r in records])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_run(variant_name: str, split: str, root: Path = PREDICTIONS_DIR) -> dict:
@@ -202,8 +221,21 @@ def truth_boxes(competition: Competition, records: Sequence[ImageRecord]) -> np.
 
 
 def score_split(competition: Competition, split: str, folder: Path) -> Scores:
-    """Score the predictions in `folder` against the truth of `split`."""
+    """Score the predictions in `folder` against the truth of `split`.
+
+    Refuses predictions made on other images or boxes (another data folder, val_count or seed):
+    outside the current boxes a prediction is the untouched photo, so it would score near zero.
+    """
     records = competition.split(split)
+    if not records:
+        raise CompetitionError(f"the {split} split is empty (data.val_count = 0?); score a CSV with `make score CSV=...`")
+    run_file = Path(folder) / "run.json"
+    made = json.loads(run_file.read_text()).get("split_fingerprint") if run_file.exists() else None
+    if made != split_fingerprint(records):
+        raise CompetitionError(
+            f"{folder}: predictions were made on other {split} images or boxes than "
+            f"{competition.root}'s (data.root, val_count, val_seed); run `make predict` again"
+        )
     size = competition.config.image_size
     predicted = np.stack([box_pixels(load_prediction(folder, r, size), r.boxes) for r in records])
     return score_boxes(predicted, truth_boxes(competition, records), [r.label for r in records])

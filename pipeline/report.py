@@ -40,7 +40,7 @@ from pipeline.data.boxes import apply_mask, box_pixels, boxes_mask
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
 from pipeline.inpainters.base import METHODS
 from pipeline.leaderboard import Leaderboard
-from pipeline.predict import PREDICTIONS_DIR, prediction_dir, truth_path
+from pipeline.predict import PREDICTIONS_DIR, prediction_dir, split_fingerprint, truth_path
 from pipeline.score import rmse
 
 REPORT_PATH = Path("submissions/report.html")
@@ -48,7 +48,6 @@ REPORT_PATH = Path("submissions/report.html")
 BASELINE_METHODS = frozenset(m for m, target in METHODS.items() if target.startswith("pipeline.inpainters.classical:"))
 GALLERY_IMAGES = 6
 # the data fields that decide which validation images and boxes a prediction folder holds
-VALIDATION_FIELDS = ("train_dir", "image_size", "box_size", "boxes_per_image", "val_count", "val_seed")
 BASELINE_COLOR, VARIANT_COLOR, BOX_COLOR = "#9e9e9e", "#1f77b4", "#ffd400"
 
 # leaderboard column -> (heading, format); the table shows these values, rounded, and keeps the
@@ -168,12 +167,6 @@ class Gallery:
         return rmse(box_pixels(images[index], boxes), box_pixels(self.truth[index], boxes))
 
 
-def _same_validation(made_on: dict, cfg: DataConfig) -> bool:
-    if Path(made_on.get("root", "")).resolve() != Path(cfg.root).resolve():
-        return False
-    return all(made_on.get(name) == getattr(cfg, name) for name in VALIDATION_FIELDS)
-
-
 def load_gallery(rows: pd.DataFrame, competition: Competition, count: int = GALLERY_IMAGES,
                  predictions_root: Path = PREDICTIONS_DIR, progress: bool = True) -> Gallery:
     """Read the masked inputs, truths and every row's validation predictions for the gallery."""
@@ -192,9 +185,9 @@ def load_gallery(rows: pd.DataFrame, competition: Competition, count: int = GALL
             continue
         run = json.loads(run_file.read_text())
         made_on = run.get("variant", {}).get("data", {})
-        if not _same_validation(made_on, competition.config):
+        if run.get("split_fingerprint") != split_fingerprint(competition.val):
             gallery.notes[name] = (
-                f"{folder} holds predictions for other validation images (data.root "
+                f"{folder} holds predictions for other validation images or boxes (data.root "
                 f"{made_on.get('root')}, val_count {made_on.get('val_count')}, val_seed "
                 f"{made_on.get('val_seed')}) than the gallery's ({competition.config.root}, "
                 f"{competition.config.val_count}, {competition.config.val_seed}); "

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from pipeline.config import PipelineError
 from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import Competition, ImageRecord
 
@@ -41,7 +42,7 @@ READ_BLOCK = 4 << 20  # bytes per streamed batch: bounds memory whatever the fil
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-class SubmissionError(ValueError):
+class SubmissionError(PipelineError, ValueError):
     """A submission that must not be uploaded; the message names the file, the line and the id."""
 
 

@@ -91,7 +91,7 @@ def test_data_rejects_a_broken_download(workspace, standin, capsys):
     (broken / "bboxes.csv").write_text("image_id,x,y,width,height\nretina_000,0,0,75,75\n")
     standin.state.data_zip = _zip_folder(broken)
     code, _, err = _run(capsys, "data", "--competition", SLUG)
-    assert code == 2 and "has 1 box(es), expected 2" in err
+    assert code == 2 and "has 1 box(es) (lines 2), expected 2" in err
 
 
 def test_data_without_credentials_says_how_to_provide_them(workspace, home, offline, capsys):
@@ -138,3 +138,52 @@ def test_kaggle_submit_reports_the_daily_limit(workspace, standin, capsys):
     code, _, err = _run(capsys, "kaggle-submit", "--variant", "mean", "--competition", SLUG)
     assert code == 2 and "limit" in err
     assert pd.isna(Leaderboard().read().iloc[-1]["kaggle_ref"])
+
+
+def test_empty_validation_split_is_skipped_and_explained(workspace, capsys):
+    Path("no-val.yaml").write_text("name: no-val\nmethod: mean\ndata: {val_count: 0}\n")
+    code, out, err = _run(capsys, "predict", "--variant", "no-val.yaml")
+    assert code == 0 and "val split is empty" in err and "no-val test: 12 images" in out
+    code, _, err = _run(capsys, "score", "--variant", "no-val.yaml")
+    assert code == 2 and "make score CSV=" in err
+
+
+def test_score_refuses_predictions_made_on_other_boxes(workspace, capsys):
+    _run(capsys, "predict", "--variant", "telea", "--splits", "val")
+    Path("seed7.yaml").write_text("name: telea\nmethod: telea\ndata: {val_seed: 7}\n")
+    code, _, err = _run(capsys, "score", "--variant", "seed7.yaml")
+    assert code == 2 and "other val images or boxes" in err
+
+
+def test_kaggle_scores_take_the_newest_submission_of_a_file(workspace, standin, capsys):
+    _run(capsys, "submit", "--variant", "mean")
+    sha = Leaderboard().read().iloc[-1]["sha256"]
+    description = f"mean: baseline [sha {sha[:12]}]"
+    standin.state.submissions = [  # newest first, as Kaggle lists them
+        {"ref": 12, "date": "2026-11-02T00:00:00.000Z", "description": description, "status": "COMPLETE",
+         "publicScore": "0.2000", "fileName": "mean.zip"},
+        {"ref": 11, "date": "2026-11-01T00:00:00.000Z", "description": description, "status": "COMPLETE",
+         "publicScore": "0.3000", "fileName": "mean.zip"},
+    ]
+    code, _, _ = _run(capsys, "kaggle-scores", "--competition", SLUG)
+    row = Leaderboard().read().iloc[-1]
+    assert code == 0 and str(row["kaggle_ref"]) == "12" and row["kaggle_public_score"] == pytest.approx(0.2)
+
+
+def _record_rows(path, start):
+    board = Leaderboard(Path(path))
+    for i in range(30):
+        board.record({"variant": f"v{start + i}", "method": "mean", "val_rmse": 0.1})
+
+
+def test_concurrent_submits_lose_no_leaderboard_row(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    path = tmp_path / "leaderboard.csv"
+    workers = [ctx.Process(target=_record_rows, args=(str(path), start)) for start in (0, 100)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert sorted(Leaderboard(path).read()["variant"]) == sorted([f"v{i}" for i in range(30)] + [f"v{100 + i}" for i in range(30)])

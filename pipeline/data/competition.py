@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, PipelineError
 from pipeline.data.boxes import Box, random_boxes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -41,7 +41,7 @@ CLASS_COLUMNS = ("class", "label", "category", "animal", "classname")
 BOX_INDEX_COLUMNS = ("box", "boxid", "boxindex", "boxnum", "boxno")
 
 
-class CompetitionError(ValueError):
+class CompetitionError(PipelineError, ValueError):
     """The competition files are not as expected; the message names the file/row and the fix."""
 
 

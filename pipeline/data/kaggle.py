@@ -34,6 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from pipeline.config import PipelineError
+
 if TYPE_CHECKING:  # only for annotations; importing the client has side effects (see above)
     from kaggle.api.kaggle_api_extended import KaggleApi
 
@@ -62,7 +64,7 @@ _LIST_MAX_PAGES = 50
 _MAX_NESTED_ZIP_ROUNDS = 3
 
 
-class KaggleError(RuntimeError):
+class KaggleError(PipelineError, RuntimeError):
     """A Kaggle problem a person can act on; the message names the competition and the fix."""
 
 
@@ -401,8 +403,13 @@ def _list_with(api: "KaggleApi", slug: str) -> list[KaggleSubmission]:
 
 def _list_request(slug: str, page_token: str):
     """An ApiListSubmissionsRequest for all of this account's submissions, newest first."""
-    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
-    from kagglesdk.competitions.types.competition_enums import SubmissionGroup, SubmissionSortBy
+    from kagglesdk.competitions.types.competition_api_service import (
+        ApiListSubmissionsRequest,
+    )
+    from kagglesdk.competitions.types.competition_enums import (
+        SubmissionGroup,
+        SubmissionSortBy,
+    )
 
     request = ApiListSubmissionsRequest()
     request.competition_name = slug

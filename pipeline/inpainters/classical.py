@@ -27,7 +27,9 @@ class MeanFill(Inpainter):
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
         out = batch.masked_images.copy()
         for image, mask in zip(out, batch.masks):
-            image[mask] = np.round(image[~mask].mean(axis=0)).astype(np.uint8)
+            known = image[~mask]
+            # a fully masked image has no known pixel: mid-grey is the RMSE-safest guess
+            image[mask] = np.round(known.mean(axis=0)).astype(np.uint8) if len(known) else 128
         return out
 
 

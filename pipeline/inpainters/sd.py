@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.config import ConfigError, VariantConfig, parse_params
+from pipeline.config import ConfigError, PipelineError, VariantConfig, parse_params
 from pipeline.data.boxes import Box
 from pipeline.inpainters.base import InpaintBatch, Inpainter
 
@@ -70,7 +70,7 @@ SCHEDULERS = {
 }
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(PipelineError, RuntimeError):
     """The model's weights are neither in a local folder nor in the Hugging Face cache, and the
     hub cannot be reached (or HF_HUB_OFFLINE=1); the message says how to get them."""
 
