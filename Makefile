@@ -12,6 +12,12 @@ VARIANT ?= telea
 VARIANTS ?=
 COMPETITION ?=
 BASELINES := mean telea navier-stokes
+# train: VARIANT when given, else the CPU default; RESUME=1 continues, RESTART=1 starts over;
+# EPOCHS=n / MAX_STEPS=n override the config; GPUS=n launches one process per GPU.
+# predict/submit: CKPT=<file> instead of the variant's checkpoints/<variant>/best.pt
+TRAIN_VARIANT ?= $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),pix2pix-cpu)
+TRAIN_RUN = $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
+CKPT_ARG = $(if $(CKPT),--param checkpoint=$(CKPT),)
 # sd: the sweep file, optionally ONLY=<variant,...> of it, and GPUS=<n> processes (one per GPU)
 SWEEP ?= configs/sd-prompts.yaml
 ONLY ?=
@@ -19,7 +25,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd
+.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -39,10 +45,14 @@ data: setup ## download COMPETITION=<slug> from Kaggle into data/raw/<slug> and 
 	$(RUN) data --competition $(COMPETITION)
 
 predict: setup ## predict the validation split and the test set with VARIANT
-	$(RUN) predict --variant $(VARIANT) $(DATA_ARG)
+	$(RUN) predict --variant $(VARIANT) $(DATA_ARG) $(CKPT_ARG)
 
 submit: setup ## write + validate submissions/<VARIANT>.csv, score it, record it on the leaderboard
-	$(RUN) submit --variant $(VARIANT) $(DATA_ARG)
+	$(RUN) submit --variant $(VARIANT) $(DATA_ARG) $(CKPT_ARG)
+
+train: setup ## train TRAIN_VARIANT (default pix2pix-cpu): checkpoints/<variant>/best.pt, runs/<variant>/
+	$(TRAIN_RUN) train --variant $(TRAIN_VARIANT) $(DATA_ARG) $(if $(RESUME),--resume,) $(if $(RESTART),--restart,) \
+		$(if $(EPOCHS),--epochs $(EPOCHS),) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS),)
 
 validate: setup ## check CSV=<file> before upload
 	$(RUN) validate --csv $(CSV) $(DATA_ARG)
@@ -69,6 +79,8 @@ kaggle-scores: setup ## pull COMPETITION's public scores into the leaderboard
 
 demo: sample ## offline, end to end: sample, baselines, submissions, scores, leaderboard
 	@for v in $(BASELINES); do $(RUN) submit --variant $$v || exit 1; done
+	$(RUN) train --variant pix2pix-cpu --restart
+	$(RUN) submit --variant pix2pix-cpu
 	$(RUN) leaderboard
 
 test: setup ## run the test suite

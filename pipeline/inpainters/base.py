@@ -79,6 +79,7 @@ METHODS = {
     "telea": "pipeline.inpainters.classical:OpenCVInpaint",
     "navier-stokes": "pipeline.inpainters.classical:OpenCVInpaint",
     "sd": "pipeline.inpainters.sd:SDInpainter",
+    "pix2pix": "pipeline.inpainters.pix2pix:Pix2PixInpainter",
 }
 
 

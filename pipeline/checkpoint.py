@@ -1,0 +1,101 @@
+"""Checkpoints of trained inpainters: written atomically, read back with checks a person can act on.
+
+    checkpoints/<variant>/last.pt   everything to continue a run (`train --resume`): networks,
+                                    optimizers, grad scaler, step/epoch position, RNG states, config
+    checkpoints/<variant>/best.pt   the generator with the best validation RMSE, its config and
+                                    score: what `predict` / `submit` load
+
+Both are plain dicts saved with torch.save and loaded with `weights_only=True` (tensors, numbers,
+strings, lists, dicts only), so opening a checkpoint never runs code from it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import PipelineError, VariantConfig
+
+FORMAT = "pipeline-checkpoint/1"
+
+
+class CheckpointError(PipelineError, RuntimeError):
+    """A checkpoint is missing, unreadable or belongs to another configuration; says what to do."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save `state` (plus the format tag) to a temp file beside `path`, then rename it over.
+
+    A run killed mid-write leaves the previous checkpoint whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: Path, hint: str = "") -> dict[str, Any]:
+    """The dict saved at `path` (tensors on the CPU); CheckpointError if missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint there. {hint}".strip())
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, garbage bytes, foreign pickle: all unreadable
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "it is corrupt or not a checkpoint: delete it and train again, or point to another file"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "config" not in state:
+        raise CheckpointError(f"{path}: not a checkpoint written by this pipeline ({FORMAT}); "
+                              "train one with `make train`")
+    return state
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], keys) -> list[str]:
+    """'key: checkpoint X, config Y' for each of `keys` whose values differ."""
+    missing = object()
+    out = []
+    for key in keys:
+        a, b = saved.get(key, missing), current.get(key, missing)
+        if a != b:
+            out.append(f"{key}: checkpoint {'(unset)' if a is missing else repr(a)}, "
+                       f"config {'(unset)' if b is missing else repr(b)}")
+    return out
+
+
+def check_same_config(path: Path, state: dict[str, Any], variant: VariantConfig, params: dict[str, Any],
+                      param_keys, what: str) -> None:
+    """Raise CheckpointError naming every one of `param_keys` (and the image size) on which the
+    checkpoint's config and `variant` disagree; `params` are the variant's params with defaults
+    filled in, as checkpoints store them. `what` says what needs them equal."""
+    saved = state["config"]
+    diffs = config_differences(saved.get("params", {}), params, param_keys)
+    saved_data, data = saved.get("data", {}), variant.to_dict()["data"]
+    diffs += config_differences(saved_data, data, ("image_size",))
+    if saved.get("method") != variant.method:
+        diffs.insert(0, f"method: checkpoint {saved.get('method')!r}, config {variant.method!r}")
+    if diffs:
+        source = variant.source or variant.name
+        raise CheckpointError(
+            f"{path} was trained as variant {saved.get('name')!r} with a different {what} than {source}: "
+            + "; ".join(diffs)
+            + f". Use this variant's own checkpoint (checkpoints/{variant.name}/), or a config that "
+            "matches the checkpoint"
+        )
+
+
+def load_state_dict(path: Path, module: torch.nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
+    """module.load_state_dict, turning a shape/key mismatch into a CheckpointError naming `path`."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: its {name} weights do not fit this architecture "
+                              f"({str(exc).splitlines()[0]} ...); it comes from another model") from exc
