@@ -267,10 +267,12 @@ def main() -> None:
     if not args.quick:  # two seeds each: the spread between seeds is the noise to judge bf16 against
         rmse = {p: [short_run_rmse(p, args.rmse_steps, seed) for seed in (0, 1)] for p in ("no", "bf16")}
         fp32, bf16 = statistics.mean(rmse["no"]), statistics.mean(rmse["bf16"])
+        spread = max(rmse["no"]) - min(rmse["no"])  # what changing only the seed does to fp32
         print(f"pix2pix-cpu after {args.rmse_steps} steps on the sample, seeds 0 and 1: validation RMSE "
               f"fp32 {' '.join(f'{v:.4f}' for v in rmse['no'])} (mean {fp32:.4f}), "
-              f"bf16 {' '.join(f'{v:.4f}' for v in rmse['bf16'])} (mean {bf16:.4f}): bf16 "
-              f"{'no worse than' if bf16 <= fp32 else 'WORSE than'} fp32")
+              f"bf16 {' '.join(f'{v:.4f}' for v in rmse['bf16'])} (mean {bf16:.4f}); bf16 - fp32 = "
+              f"{bf16 - fp32:+.4f}, fp32 seed-to-seed spread {spread:.4f}: "
+              + ("bf16 no worse than fp32" if bf16 - fp32 <= spread else "bf16 WORSE than fp32"))
 
 
 if __name__ == "__main__":
