@@ -54,14 +54,15 @@ train: setup ## train TRAIN_VARIANT (default pix2pix-cpu): checkpoints/<variant>
 	$(TRAIN_RUN) train --variant $(TRAIN_VARIANT) $(DATA_ARG) $(if $(RESUME),--resume,) $(if $(RESTART),--restart,) \
 		$(if $(EPOCHS),--epochs $(EPOCHS),) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS),)
 
-validate: setup ## check CSV=<file> before upload
-	$(RUN) validate --csv $(CSV) $(DATA_ARG)
+validate: setup ## check CSV=<file> before upload (competition settings from VARIANT's config)
+	@test -n "$(CSV)" || { echo "usage: make validate CSV=<submission file> [VARIANT=<name>] [DATA=<folder>]"; exit 2; }
+	$(RUN) validate --csv $(CSV) --variant $(VARIANT) $(DATA_ARG)
 
 score: setup ## score VARIANT on the validation split, or CSV=<file> against the test truth
 	$(RUN) score $(if $(CSV),--csv $(CSV),--variant $(VARIANT)) $(DATA_ARG)
 
-leaderboard: setup ## print the leaderboard, best local RMSE first
-	$(RUN) leaderboard
+leaderboard: setup ## print the leaderboard, best local RMSE first (ALL=1: every submission)
+	$(RUN) leaderboard $(if $(ALL),--all,)
 
 compare: setup ## write submissions/report.html + .png: table, RMSE chart, per class, gallery (VARIANTS=a,b)
 	$(RUN) compare $(if $(VARIANTS),--variants $(VARIANTS),) $(DATA_ARG)
@@ -77,7 +78,7 @@ kaggle-scores: setup ## pull COMPETITION's public scores into the leaderboard
 	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-scores COMPETITION=<slug>"; exit 2; }
 	$(RUN) kaggle-scores --competition $(COMPETITION)
 
-demo: sample ## offline, end to end: sample, baselines, submissions, scores, leaderboard
+demo: sample ## offline, end to end: sample, baselines, pix2pix training, submissions, scores, leaderboard
 	@for v in $(BASELINES); do $(RUN) submit --variant $$v || exit 1; done
 	$(RUN) train --variant pix2pix-cpu --restart
 	$(RUN) submit --variant pix2pix-cpu
