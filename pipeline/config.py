@@ -137,11 +137,15 @@ def load_variant(name_or_path: str | Path, data_root: str | Path | None = None) 
     differs from the sample, the sample's ground-truth folder no longer applies.
     """
     path = resolve_variant_path(name_or_path)
+    return variant_from_dict(read_yaml(path), source=path, data_root=data_root)
+
+
+def read_yaml(path: Path):
+    """The parsed YAML file (an empty file is {}); a syntax error names the file."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return variant_from_dict(raw, source=path, data_root=data_root)
 
 
 SWEEP_KEYS = ("base", "variants", "description")
@@ -158,10 +162,7 @@ def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[Va
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such sweep file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with 'base' and 'variants'")
     unknown = sorted(set(raw) - set(SWEEP_KEYS))
@@ -171,10 +172,7 @@ def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[Va
     if isinstance(base, str):
         beside = path.parent / base  # a file name relative to the sweep file
         base_path = beside if beside.suffix in (".yaml", ".yml") and beside.exists() else resolve_variant_path(base)
-        try:
-            base = yaml.safe_load(base_path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{base_path}: not valid YAML: {exc}") from exc
+        base = read_yaml(base_path)
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: expected a variant config name/path or a mapping")
     entries = raw.get("variants")
