@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
-from pipeline.data.competition import Competition, CompetitionError, load_competition
+from pipeline.data.competition import Competition, load_competition
 from pipeline.leaderboard import Leaderboard
 
 SUBMISSIONS_DIR = Path("submissions")
@@ -101,9 +101,8 @@ def cmd_predict(args) -> None:
 def submit_variant(variant: VariantConfig, competition: Competition, leaderboard: Leaderboard,
                    out_dir: Path = SUBMISSIONS_DIR, run_dir: str | None = None) -> dict:
     """Predict val + test, write and validate the CSV, score, record a leaderboard row."""
-    from pipeline.predict import load_prediction, score_split
+    from pipeline.predict import load_prediction, process_state, score_split, truth_boxes
     from pipeline.score import score_boxes
-    from pipeline.predict import process_state, truth_boxes
     from pipeline.submission import read_submission, write_submission
 
     splits = ["val", "test"] if competition.val else ["test"]

@@ -94,7 +94,10 @@ def test_a_missing_shard_output_fails_the_merge(workspace, competition, monkeypa
     import pipeline.predict as predict
 
     real, lost = predict.write_image, competition.test[-1].image_id
+    previous = workspace / "multi" / "mean" / "test"
+    previous.mkdir(parents=True)
+    (previous / "kept.png").write_bytes(b"an earlier run")
     monkeypatch.setattr(predict, "write_image", lambda path, image: path.stem == lost or real(path, image))
     with pytest.raises(CompetitionError, match=f"1 prediction\\(s\\) missing.*first {lost}"):
         run_ranks(2, variant("mean", workspace), competition, MeanFill(), workspace / "multi")
-    assert not (workspace / "multi" / "mean" / "test").exists()  # the previous folder is never replaced
+    assert sorted(p.name for p in previous.iterdir()) == ["kept.png"]  # the previous folder is never replaced
