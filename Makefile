@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 RUN := PYTHONWARNINGS=ignore::FutureWarning $(PY) -m pipeline
 # Competition folder: empty means each variant's data.root (the offline sample by default).
 DATA ?=
-DATA_ARG := $(if $(DATA),--data $(DATA),)
+# CHANNELS=bgr: channel 0 of the submission is blue (default: the format's, rgb for Photo Reconstruction)
+CHANNELS ?=
+DATA_ARG := $(if $(DATA),--data $(DATA),) $(if $(CHANNELS),--channels $(CHANNELS),)
 VARIANT ?= telea
 # compare: comma-separated variants for the report; empty means every variant on the leaderboard
 VARIANTS ?=
@@ -37,8 +39,8 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed ## create .venv and install requirements.txt
 
-sample: setup ## build the offline sample competition (data/sample, truth in data/sample-truth)
-	$(RUN) sample
+sample: setup ## build the offline sample in the real competition's layout (data/sample; FORCE=1 rebuilds)
+	$(RUN) sample $(if $(FORCE),--force,)
 
 data: setup ## download COMPETITION=<slug> from Kaggle into data/raw/<slug> and validate it
 	@test -n "$(COMPETITION)" || { echo "usage: make data COMPETITION=<slug from the competition URL>"; exit 2; }
@@ -61,8 +63,8 @@ validate: setup ## check CSV=<file> before upload (competition settings from VAR
 score: setup ## score VARIANT on the validation split, or CSV=<file> against the test truth
 	$(RUN) score $(if $(CSV),--csv $(CSV),--variant $(VARIANT)) $(DATA_ARG)
 
-leaderboard: setup ## print the leaderboard, best local RMSE first (ALL=1: every submission)
-	$(RUN) leaderboard $(if $(ALL),--all,)
+leaderboard: setup ## print the leaderboard, ranked per validation split (ALL=1: every submission; DATA= ranks on that split)
+	$(RUN) leaderboard $(if $(ALL),--all,) $(DATA_ARG)
 
 compare: setup ## write submissions/report.html + .png: table, RMSE chart, per class, gallery (VARIANTS=a,b)
 	$(RUN) compare $(if $(VARIANTS),--variants $(VARIANTS),) $(DATA_ARG)
@@ -71,7 +73,7 @@ sd: setup ## zero-shot SD inpainting: one submission + leaderboard row per varia
 	$(SD_RUN) sd --sweep $(SWEEP) $(if $(ONLY),--only $(ONLY),) $(DATA_ARG)
 
 kaggle-submit: setup ## upload VARIANT's validated CSV to COMPETITION and confirm it arrived
-	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-submit VARIANT=<name> COMPETITION=<slug>"; exit 2; }
+	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-submit VARIANT=<name> COMPETITION=<slug> [DATA=<folder it was submitted on>]"; exit 2; }
 	$(RUN) kaggle-submit --variant $(VARIANT) --competition $(COMPETITION) $(DATA_ARG)
 
 kaggle-scores: setup ## pull COMPETITION's public scores into the leaderboard

@@ -24,10 +24,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
-from pipeline.data.competition import Competition, load_competition
+from pipeline.data.competition import load_competition
 from pipeline.leaderboard import Leaderboard
-
-SUBMISSIONS_DIR = Path("submissions")
 
 
 def _apply_params(variant: VariantConfig, items: list[str] | None) -> VariantConfig:
@@ -39,52 +37,66 @@ def _apply_params(variant: VariantConfig, items: list[str] | None) -> VariantCon
     return variant
 
 
+def _with_channels(data: DataConfig, args) -> DataConfig:
+    if getattr(args, "channels", None):
+        data.channels = args.channels
+    return data
+
+
 def _variant(args) -> VariantConfig:
-    return _apply_params(load_variant(args.variant, data_root=args.data), getattr(args, "param", None))
+    variant = _apply_params(load_variant(args.variant, data_root=args.data), getattr(args, "param", None))
+    _with_channels(variant.data, args)
+    return variant
 
 
 def _data_config(args) -> DataConfig:
     """The competition settings of --variant (with --data over its root), else the defaults."""
     if getattr(args, "variant", None):
-        return load_variant(args.variant, data_root=args.data).data
+        return _with_channels(load_variant(args.variant, data_root=args.data).data, args)
     if args.data:
-        return data_config({"root": args.data, "truth": None if Path(args.data) != DataConfig.root else DataConfig.truth})
-    return DataConfig()
+        data = data_config({"root": args.data, "truth": None if Path(args.data) != DataConfig.root else DataConfig.truth})
+        return _with_channels(data, args)
+    return _with_channels(DataConfig(), args)
 
 
 def cmd_sample(args) -> None:
     from pipeline.data.sample import build_sample
 
     cfg = DataConfig()
-    root = build_sample(cfg, seed=args.seed, force=args.force)
-    competition = load_competition(cfg)
-    print(f"sample competition in {root}: {len(competition.train)} train, {len(competition.val)} val, "
-          f"{len(competition.test)} test images; classes {', '.join(competition.classes)}; truth in {cfg.truth}")
+    from pipeline.data.competition import find_dataset
+
+    old_layout = Path(cfg.root).is_dir() and find_dataset(Path(cfg.root)) is None
+    if old_layout:
+        print(f"note: {cfg.root} holds a sample in an older layout; rebuilding it", file=sys.stderr)
+    build_sample(cfg, seed=args.seed, force=args.force or old_layout)
+    _describe(load_competition(cfg))
+    print(f"truth of the test images in {cfg.truth}")
+
+
+def _describe(competition) -> None:
+    from pipeline.submission import submission_spec
+
+    spec = submission_spec(competition)
+    print(f"{competition.root}: {competition.layout} layout, {len(competition.train)} train, "
+          f"{len(competition.val)} validation, {len(competition.test)} test images; classes "
+          f"{', '.join(competition.classes)}; boxes from {competition.bbox_csv}")
+    print(f"submission format {spec.fmt.describe()}"
+          + (f"; ids and order from {spec.sample}" if spec.sample else ""))
 
 
 def cmd_data(args) -> None:
-    from pipeline.data import kaggle
+    from pipeline.data.download import download_competition
 
     dest = Path("data/raw") / args.competition
-    kaggle.download_competition(args.competition, dest, force=args.force)
-    competition = load_competition(data_config({"root": dest, "truth": None}))
-    print(f"{dest}: {len(competition.train)} train, {len(competition.val)} validation, "
-          f"{len(competition.test)} test images, boxes from "
-          f"{competition.bbox_csv.name}"
-          + (", sample_submission.csv present" if competition.sample_submission else ""))
+    download_competition(args.competition, dest, force=args.force)
+    _describe(load_competition(data_config({"root": dest, "truth": None})))
     print(f"next: make submit VARIANT=telea DATA={dest}")
-
-
-def _predict(variant: VariantConfig, competition: Competition, splits: list[str]):
-    from pipeline.inpainters.base import build_inpainter
-    from pipeline.predict import predict_split
-
-    inpainter = build_inpainter(variant)
-    return {split: predict_split(variant, competition, split, inpainter) for split in splits}
 
 
 def cmd_predict(args) -> None:
     from pipeline.inpainters.base import preflight
+    from pipeline.predict import variant_lock
+    from pipeline.submit import predict_splits
 
     variant = _variant(args)
     preflight(variant)
@@ -93,47 +105,16 @@ def cmd_predict(args) -> None:
     for split in [s for s in splits if s in ("val", "test") and not competition.split(s)]:
         print(f"note: the {split} split is empty (data.val_count = 0?); skipped", file=sys.stderr)
     splits = [s for s in splits if s not in ("val", "test") or competition.split(s)]
-    for split, run in _predict(variant, competition, splits).items():
+    with variant_lock(variant.name, competition):
+        runs = predict_splits(variant, competition, splits)
+    for split, run in runs.items():
         print(f"{variant.name} {split}: {run.images} images -> {run.folder} "
               f"({run.seconds_per_image:.4f} s/image)")
 
 
-def submit_variant(variant: VariantConfig, competition: Competition, leaderboard: Leaderboard,
-                   out_dir: Path = SUBMISSIONS_DIR, run_dir: str | None = None) -> dict:
-    """Predict val + test, write and validate the CSV, score, record a leaderboard row."""
-    from pipeline.predict import load_prediction, process_state, score_split, truth_boxes
-    from pipeline.score import score_boxes
-    from pipeline.submission import read_submission, write_submission
-
-    splits = ["val", "test"] if competition.val else ["test"]
-    runs = _predict(variant, competition, splits)
-    if not process_state().is_main_process:
-        return {}  # several processes predicted; the main one writes the CSV and the row
-    size = competition.config.image_size
-    test_folder = runs["test"].folder
-    csv = write_submission(out_dir / f"{variant.name}.csv", competition,
-                           lambda i: load_prediction(test_folder, competition.test[i], size))
-    val = score_split(competition, "val", runs["val"].folder) if "val" in runs else None
-    test_rmse = None
-    if competition.config.truth is not None:
-        # scored from the CSV itself, so the file that would be uploaded is what is measured
-        test = score_boxes(read_submission(csv.path, competition), truth_boxes(competition, competition.test))
-        test_rmse = test.rmse
-    entry = {
-        "variant": variant.name, "method": variant.method, "description": variant.description,
-        "data": str(competition.root), "val_rmse": val.rmse if val else None,
-        "val_rmse_255": val.rmse_255 if val else None, "val_psnr": val.psnr if val else None,
-        "val_ssim": val.ssim if val else None, "val_rmse_by_class": val.rmse_by_class if val else None,
-        "test_rmse": test_rmse, "seconds_per_image": runs["test"].seconds_per_image,
-        "submission": str(csv.path), "sha256": csv.sha256, "rows": csv.rows,
-        "run_dir": run_dir, "config": variant.to_dict(),
-    }
-    leaderboard.record(entry)
-    return entry
-
-
 def _print_entry(variant: VariantConfig, entry: dict) -> None:
-    print(f"{entry['submission']}: {entry['rows']} values, validated, sha256 {entry['sha256'][:12]}")
+    print(f"{entry['submission']}: {entry['rows']} values, validated, sha256 {entry['sha256'][:12]}; "
+          f"format {entry['format']}, channels {entry['channels']}, {entry['values']} values")
     if entry["val_rmse"] is not None:
         print(f"{variant.name}: validation RMSE {entry['val_rmse']:.4f} ({entry['val_rmse_255']:.2f}/255), "
               f"PSNR {entry['val_psnr']:.2f} dB, SSIM {entry['val_ssim']:.4f}")
@@ -143,6 +124,7 @@ def _print_entry(variant: VariantConfig, entry: dict) -> None:
 
 def cmd_submit(args) -> None:
     from pipeline.inpainters.base import preflight
+    from pipeline.submit import submit_variant
 
     variant = _variant(args)
     preflight(variant)
@@ -172,6 +154,7 @@ def cmd_sd(args) -> None:
     from pipeline.config import load_sweep
     from pipeline.inpainters.base import preflight
     from pipeline.predict import process_state
+    from pipeline.submit import submit_variant
 
     if bool(args.sweep) == bool(args.variant):
         raise ConfigError("sd needs --sweep FILE (a list of variants) or --variant NAME (one)")
@@ -186,6 +169,7 @@ def cmd_sd(args) -> None:
         variants = [v for v in variants if v.name in wanted]
     for variant in variants:
         _apply_params(variant, args.param)
+        _with_channels(variant.data, args)
     for variant in variants:  # before any other work: every config valid, every model's weights here
         preflight(variant)
     main = process_state().is_main_process
@@ -212,19 +196,27 @@ def cmd_validate(args) -> None:
 def cmd_score(args) -> None:
     from pipeline.predict import prediction_dir, score_split, truth_boxes
     from pipeline.score import score_boxes
-    from pipeline.submission import read_submission, validate_submission
+    from pipeline.submission import read_submission, submission_spec, validate_submission
 
     if args.csv:
         competition = load_competition(_data_config(args), check_images=False)
-        validate_submission(Path(args.csv), competition)
-        scores = score_boxes(read_submission(Path(args.csv), competition),
+        spec = submission_spec(competition)
+        validate_submission(Path(args.csv), competition, spec=spec)
+        scores = score_boxes(read_submission(Path(args.csv), competition, spec),
                              truth_boxes(competition, competition.test),
                              [r.label for r in competition.test])
         where = f"{args.csv} against {competition.config.truth}"
     elif args.variant:
         variant = _variant(args)
         competition = load_competition(variant.data)
-        scores = score_split(competition, "val", prediction_dir(variant.name, "val"))
+        if not competition.val:
+            raise ConfigError(f"{variant.name}: the validation split of {competition.root} is empty (data.val_count "
+                              "is 0); score a submission against known test truth with `make score CSV=<file>`")
+        folder = prediction_dir(variant.name, "val", competition)
+        if not (folder / "run.json").exists():
+            raise ConfigError(f"{variant.name} was never predicted on {competition.root}: run "
+                              f"`make submit VARIANT={variant.name}" + (f" DATA={args.data}`" if args.data else "`"))
+        scores = score_split(competition, "val", folder, variant.name)
         where = f"{variant.name} on the validation split"
     else:
         raise ConfigError("score needs --variant NAME (validation split) or --csv FILE (test truth)")
@@ -237,7 +229,12 @@ def cmd_score(args) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    print(Leaderboard().format(all_rows=args.all))
+    split = None
+    if args.data:
+        from pipeline.predict import split_fingerprint
+
+        split = split_fingerprint(load_competition(_data_config(args), check_images=False), "val")
+    print(Leaderboard().format(all_rows=args.all, split=split))
 
 
 def cmd_compare(args) -> None:
@@ -250,35 +247,42 @@ def cmd_compare(args) -> None:
     print(f"{report.html} and {report.png}: {len(report.variants)} variant(s): {', '.join(report.variants)}")
 
 
-def _latest_row(variant_name: str):
+def _latest_row(variant_name: str, data_root: Path):
+    """The variant's newest leaderboard row made on `data_root`."""
     table = Leaderboard().read()
     rows = table[table["variant"] == variant_name]
     if rows.empty:
         raise ConfigError(f"variant {variant_name!r} has no submission yet: run `make submit VARIANT={variant_name}`")
-    return rows.iloc[-1]
+    same = rows[rows["data"].map(lambda d: Path(str(d)).resolve() == Path(data_root).resolve())]
+    if same.empty:
+        folders = ", ".join(sorted({str(d) for d in rows["data"]}))
+        raise ConfigError(f"{variant_name} was submitted on {folders}, not on {data_root}: pass DATA=<that folder> "
+                          f"(make kaggle-submit VARIANT={variant_name} DATA=...), or run "
+                          f"`make submit VARIANT={variant_name} DATA={data_root}` first")
+    return same.iloc[-1]
 
 
 def cmd_kaggle_submit(args) -> None:
-    from pipeline.data import kaggle
+    from pipeline import kaggle
     from pipeline.submission import validate_submission
+    from pipeline.submit import kaggle_message
 
     variant = _variant(args)
     competition = load_competition(variant.data, check_images=False)
-    row = _latest_row(variant.name)
+    row = _latest_row(variant.name, competition.root)
     csv = Path(row["submission"])
-    # a bad file never costs one of the day's submissions
+    # a bad file never costs one of the day's submissions: the competition's format, scale and ids
     result = validate_submission(csv, competition)
     if result.sha256 != row["sha256"]:
         raise ConfigError(f"{csv} changed since it was recorded; run `make submit VARIANT={variant.name}` again")
-    message = f"{variant.name}: {variant.description or variant.method} [sha {result.sha256[:12]}]"
-    found = kaggle.submit(args.competition, csv, message)
+    found = kaggle.submit(args.competition, csv, kaggle_message(row))
     Leaderboard().update_kaggle(result.sha256, found.ref, found.status, found.public_score)
-    print(f"submitted {csv} to {args.competition}: ref {found.ref}, status {found.status}"
+    print(f"submitted {csv} to {args.competition} (channels {row['channels']}): ref {found.ref}, status {found.status}"
           + (f", public score {found.public_score}" if found.public_score is not None else ""))
 
 
 def cmd_kaggle_scores(args) -> None:
-    from pipeline.data import kaggle
+    from pipeline import kaggle
 
     leaderboard = Leaderboard()
     known = set(leaderboard.read()["sha256"].dropna())
@@ -304,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--param", action="append", help="override a method parameter: key=value")
         if data:
             p.add_argument("--data", default=None, help="competition folder (default: the variant's data.root)")
+            p.add_argument("--channels", choices=("rgb", "bgr"), default=None,
+                           help="submission channel order: rgb (channel 0 = red) or bgr (default: the format's)")
         return p
 
     p = add("sample", cmd_sample, "build the offline sample competition", data=False)
@@ -322,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="score this variant's validation predictions (with --csv: use its data settings)")
     p.add_argument("--csv")
     p.add_argument("--json", action="store_true", help="also print the scores as JSON")
-    p = add("leaderboard", cmd_leaderboard, "print the leaderboard (latest row per variant)", data=False)
+    p = add("leaderboard", cmd_leaderboard, "print the leaderboard (latest row per variant, ranked per validation split)")
     p.add_argument("--all", action="store_true", help="every recorded submission")
     p = add("kaggle-submit", cmd_kaggle_submit, "upload a variant's CSV to Kaggle", variant=True)
     p.add_argument("--competition", required=True)

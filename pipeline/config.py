@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+# configs/ of a checkout; an installed package (`pip install .`) carries them as pipeline/configs/
+CONFIG_DIR = REPO_ROOT / "configs" if (REPO_ROOT / "configs").is_dir() else Path(__file__).resolve().parent / "configs"
 VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # it names files: submissions/<name>.csv
 
 
@@ -29,23 +30,43 @@ class ConfigError(PipelineError, ValueError):
     """A config file or value a person has to fix; the message names the file and the key."""
 
 
+LAYOUTS = ("auto", "photo-reconstruction", "generic")
+CHANNEL_ORDERS = ("rgb", "bgr")
+VALUE_KINDS = ("decimal", "integer")
+VAL_INPUTS = ("masked", "clean")
+
+
 @dataclass
 class DataConfig:
-    """Where the competition lies and what its boxes look like."""
+    """Where the competition lies, how its files are laid out and what its submission looks like."""
 
-    root: Path = Path("data/sample")  # competition folder: class sub-folders + bbox CSV
+    root: Path = Path("data/sample")  # competition folder (its Dataset/ folder is found inside)
     truth: Path | None = Path("data/sample-truth")  # unmasked test images, when known (sample)
+    # auto: photo-reconstruction when a Training_Data/ + Testing_Data/ pair lies under root,
+    # else generic (train/<class>/ + test/ + a bbox CSV); see pipeline/data/competition.py
+    layout: str = "auto"
     image_size: int = 256
     box_size: int = 75
     boxes_per_image: int = 2
-    val_count: int = 24  # training images held out, with fixed masks, for local scoring
+    val_count: int = 24  # training images held out, with fixed boxes, for local scoring
     val_seed: int = 0
-    bbox_csv: str | None = None  # file name inside root; None: the one CSV with box columns
-    train_dir: str = "train"
-    test_dir: str = "test"
-    # sample_submission.csv ids are parsed with this regex; groups image, box, row, col, channel
-    # (box-relative) or image, y, x, channel (image coordinates)
-    id_pattern: str = r"^(?P<image>.+)_(?P<box>\d+)_(?P<row>\d+)_(?P<col>\d+)_(?P<channel>\d+)$"
+    # val model input: masked = the competition's masked JPEG copy (photo-reconstruction layout:
+    # the same compression artefacts as the test set), clean = the photo with its boxes blanked
+    val_inputs: str = "masked"
+    bbox_csv: str | None = None  # generic layout: file name inside root; None: the one bbox CSV
+    train_dir: str = "train"  # generic layout
+    test_dir: str = "test"  # generic layout
+    # class of a test image in a flat folder: the `label` group of this regex on its file name
+    label_pattern: str = r"^(?P<label>[A-Za-z]+)"
+    # submission format: auto (the layout's preset), a preset name (pipeline/submission/formats/)
+    # or a YAML file; channels / values override the format's (values: the sample submission's
+    # range decides when it is unset and the competition ships one)
+    format: str = "auto"
+    channels: str | None = None  # rgb (channel 0 = red) | bgr (channel 0 = blue)
+    values: str | None = None  # decimal (pixel/255, 0..1) | integer (0..255)
+    # ids of a sample_submission.csv that the format's id template does not describe: a regex with
+    # the groups image, box (optional with image coordinates), row, col, channel
+    id_pattern: str | None = None
 
 
 @dataclass
@@ -111,10 +132,20 @@ def data_config(values: dict[str, Any] | None = None, where: str = "data") -> Da
             raise ConfigError(f"{where}.{name}: expected a non-negative integer, got {value!r}")
     if cfg.boxes_per_image < 1:
         raise ConfigError(f"{where}.boxes_per_image: must be at least 1")
-    try:
-        re.compile(cfg.id_pattern)
-    except re.error as exc:
-        raise ConfigError(f"{where}.id_pattern: not a valid regular expression ({exc})") from exc
+    for name, allowed in (("layout", LAYOUTS), ("channels", CHANNEL_ORDERS), ("values", VALUE_KINDS),
+                          ("val_inputs", VAL_INPUTS)):
+        value = getattr(cfg, name)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{where}.{name}: {value!r} is not one of {', '.join(allowed)}")
+    for name in ("id_pattern", "label_pattern"):
+        pattern = getattr(cfg, name)
+        try:
+            if pattern is not None:
+                re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{where}.{name}: not a valid regular expression ({exc})") from exc
+    if "label" not in re.compile(cfg.label_pattern).groupindex:
+        raise ConfigError(f"{where}.label_pattern: needs a named group (?P<label>...)")
     return cfg
 
 

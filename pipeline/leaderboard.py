@@ -1,7 +1,9 @@
 """The leaderboard: one row per submission made, kept in submissions/leaderboard.csv.
 
-Columns (CSV, one row per `make submit`; re-runs append, nothing is overwritten):
+Columns (CSV, one row per `submit`; re-runs append, nothing is overwritten):
     variant, method, description, data        what was run, on which competition folder
+    split                                     fingerprint of the validation split it was scored on
+    format, channels, values                  the submission format, channel order, value kind
     submitted_at                              UTC, ISO 8601
     val_rmse, val_rmse_255, val_psnr, val_ssim, val_rmse_by_class (JSON)
                                               local scores on the fixed validation boxes
@@ -12,11 +14,14 @@ Columns (CSV, one row per `make submit`; re-runs append, nothing is overwritten)
     run_dir                                   TensorBoard folder of the training run, if any
     config                                    the variant config (JSON)
 
-Every write goes to a temporary file renamed over the old one, so the file is never half-written.
+Scores are only comparable on one validation split: rankings group rows by `split`. Every write
+goes to a temporary file renamed over the old one, under a lock, and a damaged file is never
+rewritten: it stops the command with the line to mend.
 """
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import os
@@ -26,15 +31,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.config import PipelineError
+
 LEADERBOARD_PATH = Path("submissions/leaderboard.csv")
 COLUMNS = [
-    "variant", "method", "description", "data", "submitted_at",
+    "variant", "method", "description", "data", "split", "format", "channels", "values", "submitted_at",
     "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "val_rmse_by_class", "test_rmse",
     "seconds_per_image", "submission", "sha256", "rows",
     "kaggle_ref", "kaggle_status", "kaggle_public_score", "run_dir", "config",
 ]
-SHOWN = ["variant", "method", "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse",
+NUMBERS = ["val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse", "seconds_per_image", "rows",
+           "kaggle_public_score"]
+TEXT = [c for c in COLUMNS if c not in NUMBERS]
+SHOWN = ["variant", "method", "channels", "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse",
          "kaggle_public_score", "seconds_per_image", "submitted_at"]
+
+
+class LeaderboardError(PipelineError, ValueError):
+    """The leaderboard file is damaged; the message names the line and how to recover."""
 
 
 def now() -> str:
@@ -45,17 +59,53 @@ class Leaderboard:
     def __init__(self, path: Path = LEADERBOARD_PATH):
         self.path = Path(path)
 
+    def check(self) -> int:
+        """Raise LeaderboardError if the file is damaged; returns its row count."""
+        if not self.path.exists():
+            return 0
+        recover = (f"the rows before that line are intact: move the file aside (mv {self.path} {self.path}.damaged), "
+                   f"or mend or delete the line; nothing was written")
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                if not header or "variant" not in header or "val_rmse" not in header:
+                    raise LeaderboardError(f"{self.path}: line 1: header {header} is not the leaderboard's; {recover}")
+                rows = 0
+                for row in reader:
+                    if len(row) != len(header):
+                        raise LeaderboardError(f"{self.path}: line {reader.line_num}: {len(row)} fields, expected "
+                                               f"{len(header)} (truncated or hand-edited); {recover}")
+                    for name, value in zip(header, row):
+                        if name in NUMBERS and value.strip():
+                            try:
+                                float(value)
+                            except ValueError:
+                                raise LeaderboardError(f"{self.path}: line {reader.line_num}: {name} {value!r} is not "
+                                                       f"a number; {recover}") from None
+                    rows += 1
+        except UnicodeDecodeError as exc:
+            raise LeaderboardError(f"{self.path}: not UTF-8 text ({exc}); {recover}") from None
+        except csv.Error as exc:
+            raise LeaderboardError(f"{self.path}: malformed CSV ({exc}); {recover}") from None
+        return rows
+
     def read(self) -> pd.DataFrame:
         """All rows, in the order they were recorded (empty frame with COLUMNS if none)."""
         if not self.path.exists():
             return pd.DataFrame(columns=COLUMNS)
-        table = pd.read_csv(self.path, dtype={"kaggle_ref": str, "kaggle_status": str, "sha256": str})
+        self.check()
+        table = pd.read_csv(self.path, dtype={c: str for c in TEXT}, keep_default_na=False, na_values={c: [""] for c in NUMBERS})
         for column in COLUMNS:
             if column not in table:
                 table[column] = None
+        for column in TEXT:
+            table[column] = table[column].astype(object).where(table[column].astype(str) != "", None)
         return table
 
-    def _write(self, table: pd.DataFrame) -> None:
+    def _write(self, table: pd.DataFrame, before: int) -> None:
+        if len(table) < before:  # never lose a row someone recorded
+            raise LeaderboardError(f"{self.path}: refusing to write {len(table)} rows over {before}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         table.to_csv(tmp, index=False)
@@ -63,7 +113,7 @@ class Leaderboard:
 
     @contextmanager
     def _locked(self):
-        """Serialise read-modify-write between processes (two `make submit`s at once)."""
+        """Serialise read-modify-write between processes (two submits at once)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -82,46 +132,64 @@ class Leaderboard:
         new = pd.DataFrame([row], columns=COLUMNS)
         with self._locked():
             table = self.read()
-            self._write(new if table.empty else pd.concat([table, new], ignore_index=True))
+            self._write(new if table.empty else pd.concat([table[COLUMNS], new], ignore_index=True), len(table))
         return row
 
     def update_kaggle(self, sha256: str, ref: str | None, status: str | None, public_score: float | None) -> bool:
         """Set the Kaggle fields of the rows whose CSV has this checksum; False if none has."""
         with self._locked():
-            return self._update_kaggle(sha256, ref, status, public_score)
+            table = self.read()
+            rows = table["sha256"] == sha256
+            if not rows.any():
+                return False
+            table.loc[rows, "kaggle_ref"] = ref
+            table.loc[rows, "kaggle_status"] = status
+            if public_score is not None:
+                table.loc[rows, "kaggle_public_score"] = public_score
+            self._write(table, len(table))
+            return True
 
-    def _update_kaggle(self, sha256, ref, status, public_score) -> bool:
-        table = self.read()
-        rows = table["sha256"] == sha256
-        if not rows.any():
-            return False
-        table["kaggle_ref"] = table["kaggle_ref"].astype(object)
-        table["kaggle_status"] = table["kaggle_status"].astype(object)
-        table.loc[rows, "kaggle_ref"] = ref
-        table.loc[rows, "kaggle_status"] = status
-        if public_score is not None:
-            table.loc[rows, "kaggle_public_score"] = public_score
-        self._write(table)
-        return True
-
-    def latest(self, variants: list[str] | None = None) -> pd.DataFrame:
-        """The latest row of each variant (optionally only `variants`), best local RMSE first."""
+    def latest(self, variants: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
+        """The latest row of each variant on each split (optionally only `variants` / `split`),
+        best local RMSE first."""
         table = self.read()
         if variants:
             table = table[table["variant"].isin(variants)]
-        table = table.drop_duplicates("variant", keep="last")
-        return table.sort_values("val_rmse", na_position="last").reset_index(drop=True)
+        if split is not None:
+            table = table[table["split"] == split]
+        table = table.assign(_split=table["split"].fillna("")).drop_duplicates(["variant", "_split"], keep="last")
+        return table.drop(columns="_split").sort_values("val_rmse", na_position="last").reset_index(drop=True)
 
-    def format(self, all_rows: bool = False, variants: list[str] | None = None) -> str:
+    def current_split(self, split: str | None = None) -> str | None:
+        """`split` if given, else the split of the newest row (what rankings compare on)."""
+        if split is not None:
+            return split
+        table = self.read()
+        return None if table.empty else table["split"].iloc[-1]
+
+    def format(self, all_rows: bool = False, variants: list[str] | None = None, split: str | None = None) -> str:
+        """The ranking on one validation split (`split`, or the newest row's), then the rows
+        scored on other splits, apart, each under its data folder."""
         table = self.read() if all_rows else self.latest(variants)
         if table.empty:
-            return f"{self.path}: no submissions yet (make submit VARIANT=...)"
+            return f"{self.path}: no submissions yet"
         if all_rows:
             table = table.sort_values("val_rmse", na_position="last")
-        shown = table[SHOWN].copy()
-        for column in ("val_rmse", "test_rmse", "kaggle_public_score", "val_ssim"):
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
-        for column in ("val_rmse_255", "val_psnr"):
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-        shown["seconds_per_image"] = shown["seconds_per_image"].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
-        return shown.to_string(index=False)
+        current = self.current_split(split)
+        same = table["split"].fillna("") == (current or "")
+        parts = [_table(table[same])]
+        for other, group in table[~same].groupby(table["split"].fillna(""), sort=False):
+            data = ", ".join(sorted({str(d) for d in group["data"].dropna()}))
+            parts.append(f"\nscored on another validation split ({other or 'none'}; {data}): not ranked with the above\n"
+                         + _table(group))
+        return "\n".join(parts)
+
+
+def _table(table: pd.DataFrame) -> str:
+    shown = table[SHOWN].copy()
+    for column in ("val_rmse", "test_rmse", "kaggle_public_score", "val_ssim", "seconds_per_image"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{float(v):.4f}")
+    for column in ("val_rmse_255", "val_psnr"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{float(v):.2f}")
+    shown = shown.fillna("")
+    return shown.to_string(index=False)

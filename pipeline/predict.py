@@ -1,12 +1,15 @@
 """Predictions: run a variant's inpainter over a split and keep its composited images.
 
-    data/predictions/<variant>/<split>/<image_id>.png   uint8 RGB, box pixels from the method,
-                                                        every other pixel from the input
-    data/predictions/<variant>/<split>/run.json         variant config, images, seconds per image
+    data/predictions/<competition>/<variant>/<split>/<image_id>.png   uint8 RGB, box pixels from
+                                       the method, every other pixel from the input
+    data/predictions/<competition>/<variant>/<split>/run.json   variant config, images, seconds
+                                       per image, the split's fingerprint
 
-`val` inputs are training photos with the fixed validation boxes blanked; `test` inputs are the
-competition's test images (boxes re-blanked, so every method sees the same fill whatever the
-competition used).
+<competition> is the data folder's name and a digest of its absolute path, so runs on two data
+folders never share predictions; runs of one variant on one folder take turns (a lock).
+`val` inputs are the competition's masked copies of the held-out photos (or the photos with the
+boxes blanked, data.val_inputs: clean); `test` inputs are the competition's test images. Boxes
+are blanked again, so every method sees the same fill whatever the competition used.
 
 Several processes (`accelerate launch --num_processes N -m pipeline ...`, one per GPU): the records
 are split between them with accelerate's `split_between_processes` (contiguous, in order); each
@@ -18,10 +21,13 @@ it (the submission writer) goes through the records in the competition's order.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,18 +59,47 @@ class PredictionRun:
     seconds_per_image: float
 
 
-def prediction_dir(variant_name: str, split: str, root: Path = PREDICTIONS_DIR) -> Path:
-    return Path(root) / variant_name / split
+def competition_key(competition: Competition) -> str:
+    """A folder name for the competition: its folder's name plus a digest of its absolute path."""
+    root = Path(competition.root).resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", root.name).strip("-") or "data"
+    return f"{name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+
+
+def prediction_dir(variant_name: str, split: str, competition: Competition, root: Path = PREDICTIONS_DIR) -> Path:
+    return Path(root) / competition_key(competition) / variant_name / split
+
+
+@contextmanager
+def variant_lock(variant_name: str, competition: Competition, root: Path = PREDICTIONS_DIR):
+    """Runs of one variant on one competition take turns: predictions, CSV and leaderboard row
+    of a run are its own. A second run waits, saying which process holds the lock."""
+    folder = Path(root) / competition_key(competition) / variant_name
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            print(f"waiting: {holder} is running {variant_name} on {competition.root}", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} ({' '.join(sys.argv[:6])}, since {time.strftime('%H:%M:%S')})")
+        lock.flush()
+        yield
 
 
 def masked_batches(records: Sequence[ImageRecord], size: int, batch_size: int) -> Iterator[tuple[list[ImageRecord], InpaintBatch]]:
-    """Batches of method inputs for `records` (val or test), in order."""
+    """Batches of method inputs for `records` (val or test), in order: each record's input file
+    with its boxes blanked."""
     for start in range(0, len(records), batch_size):
         chunk = list(records[start : start + batch_size])
         images, masks = [], []
         for record in chunk:
             mask = boxes_mask(record.boxes, size, size)
-            images.append(apply_mask(read_image(record.path, size), mask))
+            images.append(apply_mask(read_image(record.input_path, size), mask))
             masks.append(mask)
         yield chunk, InpaintBatch(
             np.stack(images), np.stack(masks), [r.boxes for r in chunk], [r.label for r in chunk],
@@ -147,7 +182,7 @@ def predict_split(
         raise CompetitionError(f"{competition.root}: split {split!r} is empty (data.val_count?)")
     state = state or process_state()
     inpainter = inpainter or build_inpainter(variant)
-    final = prediction_dir(variant.name, split, root)
+    final = prediction_dir(variant.name, split, competition, root)
     staging = final.with_name(final.name + ".partial")
     if state.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
@@ -166,7 +201,7 @@ def predict_split(
         seconds = _merge_shards(staging, records, state.num_processes)
         (staging / "run.json").write_text(json.dumps(
             {"variant": variant.to_dict(), "split": split, "images": len(records),
-             "split_fingerprint": split_fingerprint(records),
+             "split_fingerprint": split_fingerprint(competition, split),
              "seconds_per_image": seconds / len(records), "processes": state.num_processes}, indent=2))
         # swap so that some complete folder exists at every moment, even if killed in between
         previous = final.with_name(final.name + ".previous")
@@ -176,20 +211,26 @@ def predict_split(
         staging.rename(final)
         shutil.rmtree(previous, ignore_errors=True)
     state.wait_for_everyone()
-    return PredictionRun(final, len(records), load_run(variant.name, split, root)["seconds_per_image"])
+    return PredictionRun(final, len(records), json.loads((final / "run.json").read_text())["seconds_per_image"])
 
 
-def split_fingerprint(records: Sequence[ImageRecord]) -> str:
-    """A digest of the split's image ids and boxes: predictions are only comparable on the same."""
-    text = json.dumps([(r.image_id, [b.as_xyxy() for b in r.boxes]) for r in records])
+def split_fingerprint(competition: Competition, split: str) -> str:
+    """A digest of what a split's scores depend on: the data folder, each image's id, boxes,
+    input and truth files (path, size, modification time). Predictions made on anything else
+    (another folder, seed, val_count, a rebuilt sample) do not match."""
+    def stat(path: Path) -> list:
+        try:
+            info = path.stat()
+        except OSError:
+            return [str(path), None]
+        return [str(path.resolve()), info.st_size, info.st_mtime_ns]
+
+    entries = []
+    for record in competition.split(split):
+        files = [record.input_path] + ([truth_path(competition, record)] if split == "val" else [])
+        entries.append([record.image_id, [b.as_xyxy() for b in record.boxes]] + [stat(p) for p in files])
+    text = json.dumps([str(Path(competition.root).resolve()), entries])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def load_run(variant_name: str, split: str, root: Path = PREDICTIONS_DIR) -> dict:
-    path = prediction_dir(variant_name, split, root) / "run.json"
-    if not path.exists():
-        raise CompetitionError(f"{path}: no predictions; run `make predict VARIANT={variant_name}` first")
-    return json.loads(path.read_text())
 
 
 def load_prediction(folder: Path, record: ImageRecord, size: int) -> np.ndarray:
@@ -200,7 +241,8 @@ def load_prediction(folder: Path, record: ImageRecord, size: int) -> np.ndarray:
 
 
 def truth_path(competition: Competition, record: ImageRecord) -> Path:
-    """Where the unmasked image of `record` lies: the photo itself for val, data.truth for test."""
+    """Where the unmasked image of `record` lies: the photo itself for val, data.truth for test
+    (`<truth>/<test name>`, or `<truth>/<test name>.png` as the sample writes it)."""
     if record.split != "test":
         return record.path
     truth_root = competition.config.truth
@@ -208,10 +250,11 @@ def truth_path(competition: Competition, record: ImageRecord) -> Path:
         raise CompetitionError(
             "no ground truth for the test set (data.truth is unset): score on the validation split"
         )
-    path = Path(truth_root) / record.path.relative_to(competition.root / competition.config.test_dir)
-    if not path.exists():
-        raise CompetitionError(f"{path}: ground truth of test image {record.image_id} not found")
-    return path
+    rel = record.path.relative_to(competition.test_root)
+    for path in (Path(truth_root) / rel, Path(truth_root) / f"{rel}.png"):
+        if path.is_file():
+            return path
+    raise CompetitionError(f"{Path(truth_root) / rel}(.png): ground truth of test image {record.image_id} not found")
 
 
 def truth_boxes(competition: Competition, records: Sequence[ImageRecord]) -> np.ndarray:
@@ -220,21 +263,25 @@ def truth_boxes(competition: Competition, records: Sequence[ImageRecord]) -> np.
     return np.stack([box_pixels(read_image(truth_path(competition, r), size), r.boxes) for r in records])
 
 
-def score_split(competition: Competition, split: str, folder: Path) -> Scores:
+def score_split(competition: Competition, split: str, folder: Path, variant_name: str | None = None) -> Scores:
     """Score the predictions in `folder` against the truth of `split`.
 
-    Refuses predictions made on other images or boxes (another data folder, val_count or seed):
-    outside the current boxes a prediction is the untouched photo, so it would score near zero.
+    Refuses predictions made on other images or boxes (another data folder, val_count or seed,
+    a rebuilt sample): outside the current boxes a prediction is the untouched photo, so it
+    would score near zero.
     """
     records = competition.split(split)
     if not records:
-        raise CompetitionError(f"the {split} split is empty (data.val_count = 0?); score a CSV with `make score CSV=...`")
+        raise CompetitionError(f"the {split} split is empty (data.val_count = 0?); score a CSV instead")
     run_file = Path(folder) / "run.json"
-    made = json.loads(run_file.read_text()).get("split_fingerprint") if run_file.exists() else None
-    if made != split_fingerprint(records):
+    name = variant_name or Path(folder).parent.name
+    if not run_file.exists():
+        raise CompetitionError(f"{name} has no {split} predictions for {competition.root} ({folder}); "
+                               "predict or submit it first")
+    if json.loads(run_file.read_text()).get("split_fingerprint") != split_fingerprint(competition, split):
         raise CompetitionError(
-            f"{folder}: predictions were made on other {split} images or boxes than "
-            f"{competition.root}'s (data.root, val_count, val_seed); run `make predict` again"
+            f"{folder}: {name}'s predictions were made on other {split} images, boxes or files than "
+            f"{competition.root} holds now (rebuilt data, data.val_count / val_seed changed); predict it again"
         )
     size = competition.config.image_size
     predicted = np.stack([box_pixels(load_prediction(folder, r, size), r.boxes) for r in records])

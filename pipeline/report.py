@@ -6,7 +6,7 @@
                               the gallery, and links to TensorBoard runs
     submissions/report.png    the chart, the per-class heatmap and the gallery in one image
 
-Reads the leaderboard (latest row per variant) and data/predictions/<variant>/val/<image_id>.png;
+Reads the leaderboard (latest row per variant, on one validation split) and the validation predictions;
 it never predicts. A variant whose predictions are missing, or were made on other validation
 images, keeps its table row and gets a note instead of gallery pictures.
 
@@ -67,12 +67,27 @@ def is_baseline(method: str) -> bool:
     return method in BASELINE_METHODS
 
 
-def select_rows(leaderboard: Leaderboard, variants: Sequence[str] | None = None) -> pd.DataFrame:
-    """The latest leaderboard row of each variant (all, or `variants`), best local RMSE first.
+def select_rows(leaderboard: Leaderboard, variants: Sequence[str] | None = None,
+                split: str | None = None) -> pd.DataFrame:
+    """The latest leaderboard row of each variant (all, or `variants`) scored on one validation
+    split (`split`, or the newest selected row's), best local RMSE first. Rows on other splits
+    are not comparable: `apart_rows` lists them.
 
     Raises ConfigError naming the leaderboard file when it is empty or a requested variant has no
     row, listing the variants that have one.
     """
+    table = _selected(leaderboard, variants)
+    return table[_on_split(table, split)].reset_index(drop=True)
+
+
+def apart_rows(leaderboard: Leaderboard, variants: Sequence[str] | None = None,
+               split: str | None = None) -> pd.DataFrame:
+    """The latest rows that `select_rows` leaves out: scored on another validation split."""
+    table = _selected(leaderboard, variants)
+    return table[~_on_split(table, split)].reset_index(drop=True)
+
+
+def _selected(leaderboard: Leaderboard, variants: Sequence[str] | None) -> pd.DataFrame:
     table = leaderboard.latest()
     if table.empty:
         raise ConfigError(f"{leaderboard.path}: no submissions yet; run `make submit VARIANT=telea` (or `make demo`)")
@@ -81,10 +96,17 @@ def select_rows(leaderboard: Leaderboard, variants: Sequence[str] | None = None)
         if missing:
             raise ConfigError(
                 f"{leaderboard.path}: no submission of {', '.join(missing)}; recorded: "
-                f"{', '.join(table['variant'])}. Run `make submit VARIANT={missing[0]}` or fix VARIANTS="
+                f"{', '.join(sorted(set(table['variant'])))}. Run `make submit VARIANT={missing[0]}` or fix VARIANTS="
             )
         table = table[table["variant"].isin(variants)].reset_index(drop=True)
     return table
+
+
+def _on_split(table: pd.DataFrame, split: str | None) -> pd.Series:
+    splits = table["split"].fillna("")
+    if split is None:
+        split = splits.loc[table["submitted_at"].astype(str).idxmax()] if len(table) else ""
+    return splits == (split or "")
 
 
 def _json(value) -> dict:
@@ -173,11 +195,12 @@ def load_gallery(rows: pd.DataFrame, competition: Competition, count: int = GALL
     records = gallery_records(competition, count)
     size = competition.config.image_size
     truth = [read_image(truth_path(competition, r), size) for r in records]
-    masked = [apply_mask(image, boxes_mask(r.boxes, size, size)) for image, r in zip(truth, records)]
+    # what the models saw: the competition's masked copy (or the photo), boxes blanked
+    masked = [apply_mask(read_image(r.input_path, size), boxes_mask(r.boxes, size, size)) for r in records]
     gallery = Gallery(records, masked, truth, {}, dict(zip(rows["variant"], rows["method"])))
     for _, row in tqdm(list(rows.iterrows()), desc="gallery", unit="variant", disable=not progress):
         name = row["variant"]
-        folder = prediction_dir(name, "val", predictions_root)
+        folder = prediction_dir(name, "val", competition, predictions_root)
         run_file = folder / "run.json"
         gallery.predictions[name] = None
         if not run_file.exists():
@@ -185,7 +208,7 @@ def load_gallery(rows: pd.DataFrame, competition: Competition, count: int = GALL
             continue
         run = json.loads(run_file.read_text())
         made_on = run.get("variant", {}).get("data", {})
-        if run.get("split_fingerprint") != split_fingerprint(competition.val):
+        if run.get("split_fingerprint") != split_fingerprint(competition, "val"):
             gallery.notes[name] = (
                 f"{folder} holds predictions for other validation images or boxes (data.root "
                 f"{made_on.get('root')}, val_count {made_on.get('val_count')}, val_seed "
@@ -454,12 +477,20 @@ def build_report(leaderboard: Leaderboard, out: Path = REPORT_PATH, variants: Se
         raise ConfigError(f"--out {out}: the report is HTML; give a path ending in .html")
     if images < 0:
         raise ConfigError(f"--images {images}: must be 0 or more")
-    rows = select_rows(leaderboard, variants)
+    split = None
+    if data_root is not None:
+        split = split_fingerprint(load_competition(gallery_data(_selected(leaderboard, variants), data_root),
+                                                   check_images=False), "val")
+    rows = select_rows(leaderboard, variants, split)
     notes: dict[str, str] = {}
-    data_roots = sorted({str(d) for d in rows["data"].dropna()})
-    if len(data_roots) > 1:
-        notes["data"] = (f"the variants were scored on different data ({', '.join(data_roots)}); "
-                         "their scores are not comparable")
+    apart = apart_rows(leaderboard, variants, split)
+    if rows.empty:
+        raise ConfigError(f"{leaderboard.path}: no variant was scored on the validation split of {data_root}; "
+                          "submit one there first")
+    if not apart.empty:
+        data_roots = sorted({str(d) for d in apart["data"].dropna()})
+        notes["other splits"] = (f"{', '.join(apart['variant'])}: scored on other validation splits "
+                                 f"({', '.join(data_roots)}), so not ranked here")
 
     chart_png = figure_png(rmse_chart(rows))
     classes = class_scores(rows)

@@ -338,7 +338,8 @@ def train(
 
     # --- data
     fill = p2p.HoleFill(net.hole_init)
-    augment = AugmentConfig(jitter=hp.jitter, flip=hp.flip, colour=hp.colour)
+    augment = AugmentConfig(jitter=hp.jitter, flip=hp.flip, colour=hp.colour, jpeg=hp.jpeg,
+                            jpeg_quality=(hp.jpeg_quality_low, hp.jpeg_quality_high))
     train_set = BoxInpaintingDataset(competition.train, variant.data, augment, fill, seed=hp.seed)
     sampler = EpochSampler(len(train_set), hp.seed)
     workers = hp.num_workers

@@ -49,6 +49,41 @@ def competition(workspace):
     return load_competition(small_data_config(workspace))
 
 
+def to_generic(root: Path) -> DataConfig:
+    """Copy the workspace's sample into the generic layout (train/<class>/, test/<class>/, a
+    long bbox CSV, truth beside it); returns its DataConfig."""
+    import pandas as pd
+
+    src, dst = root / "data/sample/Dataset", root / "data/generic"
+    for photo in (src / "Training_Data").glob("*/Unmasked_Train/*.*"):
+        target = dst / "train" / photo.parent.parent.name / photo.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, target)
+    info = pd.read_csv(src / "Testing_Data/masked_info.csv", index_col=0)
+    rows = []
+    for record in info.itertuples():
+        label = record.filename.split(" ")[0].split("-")[0]
+        for folder, name, out in ((src / "Testing_Data", record.filename, dst / "test"),
+                                  (root / "data/sample-truth", record.filename + ".png", root / "data/generic-truth")):
+            (out / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / name, out / label / name)
+        for box, (y, x) in enumerate([(record.box1_row, record.box1_col), (record.box2_row, record.box2_col)]):
+            rows.append({"image_id": record.filename, "class": label, "box": box, "x": x, "y": y,
+                         "width": 75, "height": 75})
+    pd.DataFrame(rows).to_csv(dst / "bboxes.csv", index=False)
+    return generic_config(root)
+
+
+def generic_config(root: Path) -> DataConfig:
+    return data_config({"root": root / "data/generic", "truth": root / "data/generic-truth", "val_count": 6})
+
+
+@pytest.fixture
+def generic(workspace) -> DataConfig:
+    """The workspace's sample in the generic layout (train/ + test/ + bboxes.csv)."""
+    return to_generic(workspace)
+
+
 def variant(name: str, root: Path, **params):
     """configs/<name>.yaml pointed at the small sample in `root`, with params overridden."""
     v = load_variant(REPO / "configs" / f"{name}.yaml")
@@ -104,7 +139,7 @@ def standin(offline, home, monkeypatch):
 
     # KaggleApi picks its environment at import; force LOCAL even if something imported it earlier.
     monkeypatch.setattr(KaggleApi, "args", ["--local"])
-    from pipeline.data import kaggle as kg
+    from pipeline import kaggle as kg
 
     monkeypatch.setattr(kg, "SUBMISSION_LOOKUP_DELAYS_S", (0.05,))
     yield server

@@ -1,4 +1,4 @@
-"""A local HTTP server that answers the Kaggle API calls `pipeline.data.kaggle` makes.
+"""A local HTTP server that answers the Kaggle API calls `pipeline.kaggle` and `pipeline.data.download` make.
 
 kagglesdk posts every call as JSON to <endpoint>/api/v1/<service>/<method> when
 KAGGLE_API_ENVIRONMENT=LOCALHOST; the tests point that endpoint at this server. It serves:

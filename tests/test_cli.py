@@ -31,7 +31,10 @@ def test_submit_records_every_run_and_leaderboard_sorts(workspace, capsys):
     assert Path("submissions/telea.csv").exists() and Path("submissions/mean.csv").exists()
     telea = table.iloc[-1]
     assert telea["val_rmse"] < table.iloc[0]["val_rmse"]  # Telea beats a flat colour
-    assert telea["rows"] == 12 * 2 * 75 * 75 * 3 and len(telea["sha256"]) == 64
+    assert telea["rows"] == 13 * 2 * 75 * 75 * 3 and len(telea["sha256"]) == 64
+    assert (telea["format"], telea["channels"], telea["values"]) == ("photo-reconstruction", "rgb", "decimal")
+    assert telea["split"] and telea["data"] == "data/sample"
+    assert Path("submissions/telea.csv").read_text().startswith("filename_box_pixel,Value\n")
     from pipeline.data.competition import load_competition
     from pipeline.config import DataConfig
 
@@ -53,7 +56,8 @@ def test_submit_records_every_run_and_leaderboard_sorts(workspace, capsys):
 
 def test_param_override_and_bad_variant(workspace, capsys):
     code, _, err = _run(capsys, "predict", "--variant", "telea", "--param", "radius=1", "--splits", "val")
-    assert code == 0 and '"radius": 1' in Path("data/predictions/telea/val/run.json").read_text()
+    (run,) = Path("data/predictions").glob("sample-*/telea/val/run.json")
+    assert code == 0 and '"radius": 1' in run.read_text()
     code, _, err = _run(capsys, "predict", "--variant", "telea", "--param", "radios=1")
     assert code == 2 and "unknown key(s) radios" in err
     code, _, err = _run(capsys, "submit", "--variant", "no-such-variant")
@@ -64,10 +68,10 @@ def test_validate_names_the_bad_line(workspace, capsys):
     _run(capsys, "submit", "--variant", "mean")
     csv = Path("submissions/mean.csv")
     lines = csv.read_text().splitlines()
-    lines[5] = lines[5].rsplit(",", 1)[0] + ",300"
+    lines[5] = lines[5].rsplit(",", 1)[0] + ",3.5"
     csv.write_text("\n".join(lines) + "\n")
     code, _, err = _run(capsys, "validate", "--csv", str(csv))
-    assert code == 2 and "line 6" in err and "300" in err
+    assert code == 2 and "line 6: Value is 3.5: values must lie in 0..1" in err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,17 +91,21 @@ def test_data_downloads_and_validates_the_competition(workspace, standin, capsys
     standin.state.data_zip = _zip_folder(workspace / "data/sample")
     code, out, err = _run(capsys, "data", "--competition", SLUG)
     assert code == 0, err
-    assert "24 train, 24 validation, 12 test images, boxes from bboxes.csv" in out
-    assert (workspace / "data/raw" / SLUG / "bboxes.csv").exists()
+    assert "photo-reconstruction layout, 24 train, 24 validation, 13 test images" in out
+    assert "submission format photo-reconstruction: filename_box_pixel,Value" in out
+    assert (workspace / "data/raw" / SLUG / "Dataset/Testing_Data/masked_info.csv").exists()
 
 
 def test_data_rejects_a_broken_download(workspace, standin, capsys):
     broken = workspace / "broken"
     shutil.copytree(workspace / "data/sample", broken)
-    (broken / "bboxes.csv").write_text("image_id,x,y,width,height\nretina_000,0,0,75,75\n")
+    info = broken / "Dataset/Testing_Data/masked_info.csv"
+    lines = info.read_text().splitlines()
+    lines[1] = ",".join(lines[1].split(",")[:2] + ["300", "0", "0", "0"])
+    info.write_text("\n".join(lines) + "\n")
     standin.state.data_zip = _zip_folder(broken)
     code, _, err = _run(capsys, "data", "--competition", SLUG)
-    assert code == 2 and "has 1 box(es) (lines 2), expected 2" in err
+    assert code == 2 and "masked_info.csv: line 2" in err and "lies outside the 256x256 image" in err
 
 
 def test_data_without_credentials_says_how_to_provide_them(workspace, home, offline, capsys):
@@ -149,7 +157,7 @@ def test_kaggle_submit_reports_the_daily_limit(workspace, standin, capsys):
 def test_empty_validation_split_is_skipped_and_explained(workspace, capsys):
     Path("no-val.yaml").write_text("name: no-val\nmethod: mean\ndata: {val_count: 0}\n")
     code, out, err = _run(capsys, "predict", "--variant", "no-val.yaml")
-    assert code == 0 and "val split is empty" in err and "no-val test: 12 images" in out
+    assert code == 0 and "val split is empty" in err and "no-val test: 13 images" in out
     code, _, err = _run(capsys, "score", "--variant", "no-val.yaml")
     assert code == 2 and "make score CSV=" in err
 
@@ -158,7 +166,7 @@ def test_score_refuses_predictions_made_on_other_boxes(workspace, capsys):
     _run(capsys, "predict", "--variant", "telea", "--splits", "val")
     Path("seed7.yaml").write_text("name: telea\nmethod: telea\ndata: {val_seed: 7}\n")
     code, _, err = _run(capsys, "score", "--variant", "seed7.yaml")
-    assert code == 2 and "other val images or boxes" in err
+    assert code == 2 and "predictions were made on other val images, boxes or files" in err
 
 
 def test_kaggle_scores_take_the_newest_submission_of_a_file(workspace, standin, capsys):
@@ -193,3 +201,87 @@ def test_concurrent_submits_lose_no_leaderboard_row(tmp_path):
     for w in workers:
         w.join(60)
     assert sorted(Leaderboard(path).read()["variant"]) == sorted([f"v{i}" for i in range(30)] + [f"v{100 + i}" for i in range(30)])
+
+
+def test_real_layout_from_download_to_upload_scores_what_was_uploaded(workspace, standin, capsys):
+    """make data -> make submit DATA= -> make kaggle-submit, then the uploaded bytes scored."""
+    from pipeline.config import data_config
+    from pipeline.data.competition import load_competition
+    from pipeline.predict import truth_boxes
+    from pipeline.score import score_boxes
+    from pipeline.submission import read_submission
+
+    standin.state.data_zip = _zip_folder(workspace / "data/sample")
+    assert _run(capsys, "data", "--competition", SLUG)[0] == 0
+    data = f"data/raw/{SLUG}"
+    code, out, err = _run(capsys, "submit", "--variant", "telea", "--data", data)
+    assert code == 0, err
+    row = Leaderboard().read().iloc[-1]
+    assert row["data"] == data and row["test_rmse"] != row["test_rmse"]  # no truth for a download: NaN
+
+    code, _, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", SLUG)
+    assert code == 2 and f"telea was submitted on {data}, not on data/sample: pass DATA=" in err
+    assert "StartSubmissionUpload" not in standin.call_names()
+    code, out, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", SLUG, "--data", data)
+    assert code == 0, err
+    create = next(c for c in standin.state.calls if c.name == "CreateSubmission")
+    assert "[channels rgb]" in json.dumps(create.body)
+    (upload,) = standin.state.uploads.values()
+    uploaded = workspace / "uploaded.csv"
+    with zipfile.ZipFile(io.BytesIO(upload)) as zf:
+        uploaded.write_bytes(zf.read(zf.namelist()[0]))
+    # the uploaded file, re-read with the competition's format, scores as the sample's truth says
+    competition = load_competition(data_config({"root": data, "truth": "data/sample-truth"}))
+    uploaded_rmse = score_boxes(read_submission(uploaded, competition), truth_boxes(competition, competition.test)).rmse
+    _run(capsys, "submit", "--variant", "telea")
+    assert uploaded_rmse == pytest.approx(Leaderboard().read().iloc[-1]["test_rmse"], abs=1e-4)
+    assert 0.05 < uploaded_rmse < 0.3
+
+
+def test_channels_on_the_command_line_are_recorded(workspace, capsys):
+    code, out, err = _run(capsys, "submit", "--variant", "mean", "--channels", "bgr")
+    assert code == 0, err and "channels bgr" in out
+    row = Leaderboard().read().iloc[-1]
+    assert row["channels"] == "bgr"
+    first = Path("submissions/mean.csv").read_text().splitlines()[1]
+    assert first.split(",")[0].endswith("_0")
+
+
+def test_leaderboard_ranks_rows_of_one_validation_split(workspace, capsys):
+    _run(capsys, "submit", "--variant", "mean")
+    Path("seed7.yaml").write_text("name: telea-seed7\nmethod: telea\ndata: {val_seed: 7}\n")
+    _run(capsys, "submit", "--variant", "seed7.yaml")
+    _run(capsys, "submit", "--variant", "telea")
+    code, out, _ = _run(capsys, "leaderboard")
+    ranked, apart = out.split("scored on another validation split")
+    assert "telea " in ranked and "mean " in ranked and "telea-seed7" not in ranked
+    assert "telea-seed7" in apart and "not ranked with the above" in apart
+
+
+def test_read_only_competition_with_outputs_elsewhere(workspace, tmp_path, monkeypatch, capsys):
+    """As on Kaggle: the data under a read-only input folder, everything written to the working one."""
+    import os
+    import stat
+
+    data = tmp_path / "input/photo-reconstruction"
+    shutil.copytree(workspace / "data/sample", data)
+
+    def snapshot():
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (tmp_path / "input").rglob("*")}
+
+    for path in [data, *data.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    before = snapshot()
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    try:
+        code, out, err = _run(capsys, "submit", "--variant", "telea", "--data", str(data / "Dataset"))
+    finally:
+        for path in [data, *data.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert code == 0, err
+    assert snapshot() == before  # nothing written, moved or touched in the input
+    assert (working / "submissions/telea.csv").exists() and (working / "submissions/leaderboard.csv").exists()
+    assert any((working / "data/predictions").iterdir())
+    assert os.access(working / "submissions/telea.csv", os.R_OK)

@@ -1,10 +1,12 @@
 """Training samples: after augmentation the masked pixels are exactly the (moved) boxes."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from pipeline.data.boxes import boxes_mask
+from pipeline.data.competition import read_image
 from pipeline.data.dataset import AugmentConfig, BoxInpaintingDataset, to_image, to_tensor
 
 
@@ -37,8 +39,8 @@ def test_augmentation_moves_the_photo_with_its_boxes(competition):
     plain = BoxInpaintingDataset(competition.train, competition.config, None, seed=5)
     flipped = BoxInpaintingDataset(competition.train, competition.config,
                                    AugmentConfig(jitter=0, flip=1.0, colour=0.0), seed=5)
-    image, mask, boxes = plain.sample(0)
-    f_image, f_mask, f_boxes = flipped.sample(0)
+    image, mask, boxes, _ = plain.sample(0)
+    f_image, f_mask, f_boxes, _ = flipped.sample(0)
     assert (f_image == image[:, ::-1]).all()
     assert (f_mask == mask[:, ::-1]).all()
     assert sorted((256 - b.x - b.w, b.y) for b in boxes) == sorted((b.x, b.y) for b in f_boxes)
@@ -63,10 +65,39 @@ def test_validation_records_keep_their_fixed_boxes(competition):
 
 def test_hole_fill_only_changes_the_hole(competition):
     fill = lambda image, mask: np.where(mask[..., None], 200, image).astype(np.uint8)  # noqa: E731
-    item = BoxInpaintingDataset(competition.val, competition.config, hole_fill=fill)[0]
+    item = BoxInpaintingDataset(competition.train, competition.config, hole_fill=fill)[0]
     mask = item["mask"][0].bool()
     assert torch.allclose(item["masked_image"][:, mask], torch.tensor(200 / 127.5 - 1))
     assert torch.equal(item["masked_image"][:, ~mask], item["target"][:, ~mask])
+
+
+def test_validation_input_is_the_competitions_masked_jpeg(competition):
+    """The model sees the real masked copy (compression ringing outside the boxes), the target is
+    the unmasked photo."""
+    item = BoxInpaintingDataset(competition.val, competition.config)[0]
+    record = competition.val[0]
+    mask = item["mask"][0].bool()
+    masked_copy = to_tensor(read_image(record.masked_path))
+    assert torch.equal(item["masked_image"][:, ~mask], masked_copy[:, ~mask])
+    assert torch.equal(item["target"], to_tensor(read_image(record.path)))
+    assert (item["masked_image"][:, mask] == -1.0).all()
+    ring = torch.from_numpy(cv2.dilate(mask.numpy().astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)) & ~mask
+    assert (item["masked_image"][:, ring] != item["target"][:, ring]).any()  # the artefacts are there
+
+
+def test_jpeg_augmentation_compresses_the_input_only(competition):
+    """Masked, then compressed, then blanked again: the input differs from the target outside the
+    boxes (the artefacts), the target stays the clean photo, the boxes stay exactly blank."""
+    plain = BoxInpaintingDataset(competition.train, competition.config, AugmentConfig(jitter=0, flip=0, colour=0), seed=1)
+    jpeg = BoxInpaintingDataset(competition.train, competition.config,
+                                AugmentConfig(jitter=0, flip=0, colour=0, jpeg=1.0, jpeg_quality=(30, 40)), seed=1)
+    a, b = plain[2], jpeg[2]
+    assert torch.equal(a["target"], b["target"]) and torch.equal(a["mask"], b["mask"])
+    mask = b["mask"][0].bool()
+    assert (b["masked_image"][:, mask] == -1.0).all()
+    error = (b["masked_image"][:, ~mask] - b["target"][:, ~mask]).abs().mean()
+    assert 0.005 < float(error) < 0.2
+    assert torch.equal(b["masked_image"], jpeg[2]["masked_image"])  # seeded: the same draw again
 
 
 def test_tensor_round_trip_is_exact():

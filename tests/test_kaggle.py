@@ -1,4 +1,4 @@
-"""pipeline.data.kaggle against the real kaggle/kagglesdk client, talking to a local stand-in server.
+"""pipeline.kaggle and pipeline.data.download against the real kaggle/kagglesdk client, talking to a local stand-in server.
 
 Nothing here may reach kaggle.com: name lookups of any host but localhost raise, HOME and the
 Kaggle config folder point into tmp_path, and the client's LOCALHOST endpoint is the stand-in.
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import kaggle as kg
+from pipeline import kaggle as kg
+from pipeline.data.download import download_competition
 
 SLUG = "photo-reconstruction"
 PNG_BYTES = b"\x89PNG\r\n\x1a\n fake image"
@@ -63,7 +64,7 @@ def _files_under(root: Path) -> dict[str, bytes]:
 def test_download_unzips_everything_into_dest(standin, tmp_path):
     dest = tmp_path / "data" / "raw" / SLUG
 
-    assert kg.download_competition(SLUG, dest) == dest
+    assert download_competition(SLUG, dest) == dest
 
     assert _files_under(dest) == {
         "train/cat/a.png": PNG_BYTES,
@@ -79,17 +80,17 @@ def test_download_unzips_everything_into_dest(standin, tmp_path):
 
 def test_download_skips_filled_dest_unless_forced(standin, tmp_path, capsys):
     dest = tmp_path / "raw" / SLUG
-    kg.download_competition(SLUG, dest)
+    download_competition(SLUG, dest)
     calls_after_first = len(standin.state.calls)
     (dest / "stale.txt").write_text("from an older download")
     capsys.readouterr()
 
-    assert kg.download_competition(SLUG, dest) == dest
+    assert download_competition(SLUG, dest) == dest
     assert len(standin.state.calls) == calls_after_first  # no request at all
     assert "not downloading" in capsys.readouterr().err
     assert (dest / "stale.txt").exists()
 
-    kg.download_competition(SLUG, dest, force=True)
+    download_competition(SLUG, dest, force=True)
     assert len(standin.state.calls) > calls_after_first
     assert not (dest / "stale.txt").exists()  # force replaces, it does not merge
     assert (dest / "bboxes.csv").read_bytes() == BBOXES_CSV
@@ -99,13 +100,13 @@ def test_failed_download_leaves_dest_untouched(standin, tmp_path):
     standin.state.data_zip = b"this is not a zip"
     fresh = tmp_path / "raw" / "fresh"
     with pytest.raises(kg.KaggleError, match="not a valid zip"):
-        kg.download_competition(SLUG, fresh)
+        download_competition(SLUG, fresh)
     assert not fresh.exists()
 
     a_file = tmp_path / "raw" / "a_file"
     a_file.write_text("not a folder")
     with pytest.raises(kg.KaggleError, match="not a folder"):
-        kg.download_competition(SLUG, a_file, force=True)
+        download_competition(SLUG, a_file, force=True)
     assert a_file.read_text() == "not a folder"
     a_file.unlink()
 
@@ -113,7 +114,7 @@ def test_failed_download_leaves_dest_untouched(standin, tmp_path):
     kept.mkdir()
     (kept / "old.csv").write_text("old data")
     with pytest.raises(kg.KaggleError):
-        kg.download_competition(SLUG, kept, force=True)
+        download_competition(SLUG, kept, force=True)
     assert _files_under(kept) == {"old.csv": b"old data"}
     assert sorted(p.name for p in kept.parent.iterdir()) == ["kept"]  # temp folders cleaned up
 
@@ -134,7 +135,7 @@ def test_download_without_credentials_fails_before_any_request(standin, monkeypa
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
     with pytest.raises(kg.KaggleError, match="kaggle.json") as excinfo:
-        kg.download_competition(SLUG, tmp_path / SLUG)
+        download_competition(SLUG, tmp_path / SLUG)
     assert SLUG in str(excinfo.value)
     assert standin.state.calls == []
 
@@ -189,7 +190,7 @@ def test_rejected_access_token_raises(standin, monkeypatch):
 
 def _run(operation: str, tmp_path: Path) -> None:
     if operation == "download":
-        kg.download_competition(SLUG, tmp_path / "raw" / SLUG)
+        download_competition(SLUG, tmp_path / "raw" / SLUG)
     elif operation == "submit":
         csv = tmp_path / "submission.csv"
         csv.write_text("id,value\n1,0\n")

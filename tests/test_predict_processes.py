@@ -8,6 +8,7 @@ process of `accelerate launch` would. The merged folder must equal a single-proc
 from __future__ import annotations
 
 import json
+import re
 import threading
 from contextlib import contextmanager
 
@@ -94,10 +95,10 @@ def test_a_missing_shard_output_fails_the_merge(workspace, competition, monkeypa
     import pipeline.predict as predict
 
     real, lost = predict.write_image, competition.test[-1].image_id
-    previous = workspace / "multi" / "mean" / "test"
+    previous = predict.prediction_dir("mean", "test", competition, workspace / "multi")
     previous.mkdir(parents=True)
     (previous / "kept.png").write_bytes(b"an earlier run")
     monkeypatch.setattr(predict, "write_image", lambda path, image: path.stem == lost or real(path, image))
-    with pytest.raises(CompetitionError, match=f"1 prediction\\(s\\) missing.*first {lost}"):
+    with pytest.raises(CompetitionError, match=f"1 prediction\\(s\\) missing.*first {re.escape(lost)}"):
         run_ranks(2, variant("mean", workspace), competition, MeanFill(), workspace / "multi")
     assert sorted(p.name for p in previous.iterdir()) == ["kept.png"]  # the previous folder is never replaced

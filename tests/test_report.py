@@ -19,10 +19,11 @@ from matplotlib.colors import to_rgba
 from nbclient import NotebookClient
 
 from pipeline import report
-from pipeline.cli import main, submit_variant
+from pipeline.cli import main
+from pipeline.submit import submit_variant
 from pipeline.config import ConfigError
 from pipeline.data.boxes import boxes_mask
-from pipeline.data.competition import load_competition
+from pipeline.data.competition import load_competition, read_image
 from pipeline.leaderboard import Leaderboard
 from tests.conftest import REPO, small_data_config, variant
 
@@ -143,7 +144,8 @@ def test_gallery_shows_the_scored_pixels_of_fixed_images(board):
         assert math.sqrt(np.mean(np.square(errors))) == pytest.approx(row["val_rmse"], rel=1e-9)
     for record, masked, truth in zip(gallery.records, gallery.masked, gallery.truth):
         mask = boxes_mask(record.boxes, 256, 256)
-        assert (masked[mask] == 0).all() and (masked[~mask] == truth[~mask]).all()
+        model_input = read_image(record.input_path, 256)  # the competition's masked JPEG copy
+        assert (masked[mask] == 0).all() and (masked[~mask] == model_input[~mask]).all()
     # a few rows: one image of each class first, the same ones every time
     val_classes = sorted({r.label for r in competition.val})
     first = report.gallery_records(competition, len(val_classes))
@@ -152,14 +154,16 @@ def test_gallery_shows_the_scored_pixels_of_fixed_images(board):
 
 
 def test_missing_predictions_get_a_note_and_training_runs_a_link(board):
-    shutil.rmtree(board / "data/predictions/navier-stokes/val")
-    run_file = board / "data/predictions/mean/val/run.json"
+    (predictions,) = (board / "data/predictions").glob("sample-*")
+    shutil.rmtree(predictions / "navier-stokes/val")
+    run_file = predictions / "mean/val/run.json"
     run = json.loads(run_file.read_text())
     run["variant"]["data"]["val_seed"] = 7  # predicted on other validation boxes than are scored now
     run["split_fingerprint"] = "predicted-elsewhere"
     run_file.write_text(json.dumps(run))
     (board / "runs/pix2pix-small").mkdir(parents=True)
     Leaderboard().record({"variant": "pix2pix-small", "method": "pix2pix", "val_rmse": 0.1,
+                          "split": Leaderboard().read().iloc[0]["split"],
                           "val_rmse_by_class": {"cat": 0.09}, "kaggle_public_score": 0.2,
                           "run_dir": "runs/pix2pix-small"})
     written = report.build_report(Leaderboard(), board / "submissions/report.html", progress=False)

@@ -191,7 +191,7 @@ def test_training_never_overwrites_a_run_it_was_not_told_to(trained_workspace, c
 
 
 def test_an_empty_training_folder_is_an_error_before_anything_is_written(workspace, capsys):
-    for folder in (workspace / "data/sample/train").iterdir():
+    for folder in (workspace / "data/sample/Dataset/Training_Data").iterdir():
         shutil.rmtree(folder)
     write_variant(workspace, "empty")
     with pytest.raises(CompetitionError, match="no training images"):

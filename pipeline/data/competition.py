@@ -1,44 +1,48 @@
-"""The competition's files: layout, bbox CSV, and the manifest of train/val/test images.
+"""The competition's files: which layout they follow, and the manifest of train/val/test images.
 
-Layout (what `make data` unzips and `make sample` writes)::
+Two layouts are read (data.layout, `auto` tells them apart):
 
-    <root>/train/<class>/*.jpg|jpeg|png     full training photos, one sub-folder per class
+photo-reconstruction (Kaggle's Photo Reconstruction, as its zip unpacks; the `Dataset/` folder is
+found anywhere under data.root)::
+
+    Dataset/Training_Data/<class>/Unmasked_Train/<name>   the training photos
+    Dataset/Training_Data/<class>/Masked_Train/<name>     the same photos, two boxes blacked out,
+                                                          JPEG-compressed (ringing near the boxes)
+    Dataset/Training_Data/<class>/Masked_Train/masked_info.csv   their boxes
+    Dataset/Testing_Data/<name>                           masked test photos, one flat folder
+    Dataset/Testing_Data/masked_info.csv                  their boxes, one row per image
+
+generic::
+
+    <root>/train/<class>/*.jpg|jpeg|png     training photos, one sub-folder per class (or class
+                                            folders straight under the root)
     <root>/test/[<class>/]*.jpg|jpeg|png    test photos whose boxes are blanked
-    <root>/<bbox csv>.csv                   one row per test box
-    <root>/sample_submission.csv            optional: the ids and columns Kaggle expects
+    <root>/<bbox csv>.csv                   the test boxes (pipeline/data/bbox_csv.py)
 
-When there is no `train/` folder, class folders directly under the root (other than `test/`) are
-the training set. The manifest is built in memory from these files and validated as a whole:
-nothing is silently skipped.
+Either may hold a sample_submission.csv. Names may hold spaces, parentheses and any of the image
+extensions, and two files may share a stem: a test image's id is its file name with the
+extension. Its class is its folder, or in a flat folder the `label` group of data.label_pattern
+matched on its name. The manifest is validated as a whole: nothing is silently skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from pipeline.config import DataConfig, PipelineError
+from pipeline.data.bbox_csv import BboxError, find_bbox_csv, read_bbox_csv
 from pipeline.data.boxes import Box, random_boxes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-# Accepted bbox CSV column spellings, compared after lower-casing and dropping non-alphanumerics.
-IMAGE_COLUMNS = ("imageid", "image", "imagename", "img", "imgid", "filename", "file", "fname",
-                 "name", "path", "imagepath", "id")
-X0_COLUMNS = ("x", "x1", "xmin", "left", "bboxx", "boxx", "x0")
-Y0_COLUMNS = ("y", "y1", "ymin", "top", "bboxy", "boxy", "y0")
-X1_COLUMNS = ("x2", "xmax", "right")
-Y1_COLUMNS = ("y2", "ymax", "bottom")
-W_COLUMNS = ("w", "width", "bboxwidth", "boxwidth")
-H_COLUMNS = ("h", "height", "bboxheight", "boxheight")
-CLASS_COLUMNS = ("class", "label", "category", "animal", "classname")
-BOX_INDEX_COLUMNS = ("box", "boxid", "boxindex", "boxnum", "boxno")
+TRAINING, TESTING = "Training_Data", "Testing_Data"
+UNMASKED, MASKED, MASKED_INFO = "Unmasked_Train", "Masked_Train", "masked_info.csv"
 
 
 class CompetitionError(PipelineError, ValueError):
@@ -47,25 +51,38 @@ class CompetitionError(PipelineError, ValueError):
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of the manifest. `label` is its class folder (None when not known)."""
+    """One image of the manifest.
+
+    path: the photo (train/val: unmasked; test: the competition's masked test image).
+    masked_path: the competition's own masked copy of a validation photo, the model's input
+    when data.val_inputs is `masked`. label: its class (None when not known).
+    """
 
     image_id: str
     path: Path
     label: str | None
     split: str  # "train", "val" or "test"
     boxes: tuple[Box, ...] = ()
+    masked_path: Path | None = None
+
+    @property
+    def input_path(self) -> Path:
+        """The file a model reads (its boxes are blanked again before use)."""
+        return self.masked_path or self.path
 
 
 @dataclass
 class Competition:
-    """The validated manifest: training images, the carved validation split, the test set."""
+    """The validated manifest: training images, the validation split, the test set."""
 
-    root: Path
+    root: Path  # the folder named by data.root
     config: DataConfig
+    layout: str  # "photo-reconstruction" or "generic"
     train: list[ImageRecord]
     val: list[ImageRecord]
     test: list[ImageRecord]
     bbox_csv: Path
+    test_root: Path
     sample_submission: Path | None = None
     classes: list[str] = field(default_factory=list)
 
@@ -76,29 +93,32 @@ class Competition:
 
 
 def read_image(path: Path, size: int | None = None) -> np.ndarray:
-    """Decode `path` to uint8 HxWx3 RGB; raises CompetitionError naming the file if it cannot."""
-    data = np.fromfile(path, dtype=np.uint8) if path.exists() else None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    """Decode `path` to uint8 HxWx3 RGB as stored (any EXIF orientation ignored, as the boxes
+    refer to the stored pixels); raises CompetitionError naming the file if it cannot."""
+    data = np.fromfile(path, dtype=np.uint8) if Path(path).is_file() else None
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(data, flags) if data is not None and data.size else None
     if image is None:
         raise CompetitionError(f"{path}: cannot be decoded as an image; re-download or remove it")
     if size is not None and image.shape[:2] != (size, size):
-        raise CompetitionError(
-            f"{path}: is {image.shape[1]}x{image.shape[0]}, expected {size}x{size}"
-        )
+        raise CompetitionError(f"{path}: is {image.shape[1]}x{image.shape[0]}, expected {size}x{size}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
+def write_image(path: Path, image: np.ndarray, jpeg_quality: int = 95) -> None:
     """Write uint8 HxWx3 RGB `image` (format from the suffix), creating parent folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise OSError(f"{path}: could not encode image")
     encoded.tofile(path)
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """The .jpg/.jpeg/.png files under `folder`, sorted."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _check_header(path: Path, size: int) -> None:
@@ -112,166 +132,21 @@ def _check_header(path: Path, size: int) -> None:
         raise CompetitionError(f"{path}: is {width}x{height}, expected {size}x{size}")
 
 
-def _label_of(path: Path, folder: Path) -> str | None:
-    parts = path.relative_to(folder).parts
-    return parts[0] if len(parts) > 1 else None
+# ---------------------------------------------------------------------------------------------
+# Layouts
 
 
-def _norm(column: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(column).lower())
-
-
-def _pick(columns: dict[str, str], candidates: tuple[str, ...]) -> str | None:
-    return next((columns[c] for c in candidates if c in columns), None)
-
-
-def find_bbox_csv(root: Path, name: str | None = None) -> Path:
-    """The bbox CSV: `name` inside root if given, else the one CSV whose header has box columns."""
-    if name:
-        path = root / name
-        if not path.exists():
-            raise CompetitionError(f"{path}: bbox CSV named in the config does not exist")
-        return path
-    found = []
-    for path in sorted(root.rglob("*.csv")):
-        if re.fullmatch(r"sample_?submission", path.stem, re.I):
-            continue
-        try:
-            header = {_norm(c) for c in pd.read_csv(path, nrows=0).columns}
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            continue  # not a readable CSV, so not the bbox file
-        if header & set(X0_COLUMNS) and header & (set(W_COLUMNS) | set(X1_COLUMNS)):
-            found.append(path)
-    if not found:
-        raise CompetitionError(
-            f"{root}: no bbox CSV found (a .csv with an image column and x/y/width/height or "
-            "x1/y1/x2/y2 columns); set data.bbox_csv in the config"
-        )
+def find_dataset(root: Path) -> Path | None:
+    """The folder holding Training_Data/ and Testing_Data/ (root or below it), or None."""
+    if (root / TRAINING).is_dir() and (root / TESTING).is_dir():
+        return root
+    found = sorted({p.parent for p in root.glob("*/" + TRAINING)} | {p.parent for p in root.glob("*/*/" + TRAINING)}
+                   | {p.parent for p in root.glob("*/*/*/" + TRAINING)})
+    found = [p for p in found if (p / TESTING).is_dir()]
     if len(found) > 1:
-        raise CompetitionError(
-            f"{root}: several CSVs look like bbox files ({', '.join(map(str, found))}); "
-            "set data.bbox_csv in the config to the right one"
-        )
-    return found[0]
-
-
-def read_bbox_csv(path: Path, cfg: DataConfig) -> pd.DataFrame:
-    """Parse a bbox CSV into columns image, label, box, x, y, w, h (one row per box).
-
-    Accepts an image column (image_id, image, filename, file, name, path, id, ...), and either
-    x/y + width/height (w/h) or corners x1/y1/x2/y2 (xmin/ymin/xmax/ymax, left/top/right/bottom;
-    end exclusive or inclusive, detected from the box size). Optional: class/label and box index.
-    Row numbers in errors are the file's line numbers (header = line 1).
-    """
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise CompetitionError(f"{path}: cannot be read as CSV ({exc})") from exc
-    columns = {_norm(c): c for c in table.columns}
-    image_col = _pick(columns, IMAGE_COLUMNS)
-    x0, y0 = _pick(columns, X0_COLUMNS), _pick(columns, Y0_COLUMNS)
-    x1, y1 = _pick(columns, X1_COLUMNS), _pick(columns, Y1_COLUMNS)
-    w_col, h_col = _pick(columns, W_COLUMNS), _pick(columns, H_COLUMNS)
-    if image_col is None or x0 is None or y0 is None or not ((w_col and h_col) or (x1 and y1)):
-        raise CompetitionError(
-            f"{path}: columns {list(table.columns)} do not name an image and a box; expected an "
-            "image column (image_id/filename/...) and x,y,width,height or x1,y1,x2,y2"
-        )
-    if table.empty:
-        raise CompetitionError(f"{path}: has a header but no boxes")
-
-    def numbers(column: str) -> np.ndarray:
-        values = pd.to_numeric(table[column].str.strip(), errors="coerce")
-        bad = values.isna() | (values != values.round())
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise CompetitionError(
-                f"{path}: line {row + 2}: {column}={table[column].iloc[row]!r} is not an integer pixel coordinate"
-            )
-        return values.to_numpy().astype(np.int64)
-
-    x, y = numbers(x0), numbers(y0)
-    if w_col and h_col:
-        w, h = numbers(w_col), numbers(h_col)
-    else:
-        w, h = numbers(x1) - x, numbers(y1) - y
-        # corners given inclusive (x2 = x1 + 74 for a 75 box): count the last pixel too
-        if (w == cfg.box_size - 1).all() and (h == cfg.box_size - 1).all():
-            w, h = w + 1, h + 1
-    label_col = _pick(columns, CLASS_COLUMNS)
-    box_col = _pick(columns, BOX_INDEX_COLUMNS)
-    out = pd.DataFrame(
-        {
-            "image": table[image_col].str.strip(),
-            "label": table[label_col].str.strip() if label_col else None,
-            "x": x, "y": y, "w": w, "h": h,
-            "line": np.arange(len(table)) + 2,
-        }
-    )
-    out["box"] = numbers(box_col) if box_col else out.groupby("image").cumcount()
-    repeated = out.duplicated(["image", "box"])
-    if repeated.any():
-        row = out[repeated].iloc[0]
-        raise CompetitionError(
-            f"{path}: line {row.line}: image {row.image!r} has box index {row.box} twice ({box_col} column)"
-        )
-    for row in out.itertuples():
-        where = f"{path}: line {row.line} (image {row.image!r})"
-        if not row.image:
-            raise CompetitionError(f"{where}: empty image name")
-        if (row.w, row.h) != (cfg.box_size, cfg.box_size):
-            raise CompetitionError(
-                f"{where}: box is {row.w}x{row.h}, expected {cfg.box_size}x{cfg.box_size} "
-                "(data.box_size in the config)"
-            )
-        if not Box(row.x, row.y, row.w, row.h).inside(cfg.image_size, cfg.image_size):
-            raise CompetitionError(
-                f"{where}: box x={row.x} y={row.y} {row.w}x{row.h} lies outside the "
-                f"{cfg.image_size}x{cfg.image_size} image"
-            )
-    return out
-
-
-def _test_index(test_images: list[Path], test_root: Path) -> dict[str, Path]:
-    """Map every way the bbox CSV may name a test image (relative path, file name, stem) to it."""
-    index: dict[str, Path] = {}
-    ambiguous: set[str] = set()
-    for path in test_images:
-        keys = {path.relative_to(test_root).as_posix(), path.name, path.stem}
-        for key in keys:
-            if key in index and index[key] != path:
-                ambiguous.add(key)
-            index[key] = path
-    for key in ambiguous:
-        index.pop(key)
-    return index
-
-
-def carve_validation(train: list[ImageRecord], cfg: DataConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """Split `train` into (train, val): cfg.val_count images, each with fixed seeded boxes.
-
-    The same seed and file list give the same images and boxes, so every variant is scored on
-    exactly the same pixels.
-    """
-    if cfg.val_count <= 0:
-        return train, []
-    if cfg.val_count >= len(train):
-        raise CompetitionError(
-            f"data.val_count={cfg.val_count} leaves no training images out of {len(train)}; lower it"
-        )
-    rng = np.random.default_rng(cfg.val_seed)
-    chosen = set(rng.choice(len(train), size=cfg.val_count, replace=False).tolist())
-    kept, val = [], []
-    for i, record in enumerate(train):
-        if i in chosen:
-            try:
-                boxes = random_boxes(rng, cfg.image_size, cfg.box_size, cfg.boxes_per_image)
-            except ValueError as exc:
-                raise CompetitionError(f"validation boxes: {exc}; lower data.boxes_per_image or data.box_size") from exc
-            val.append(ImageRecord(record.image_id, record.path, record.label, "val", tuple(boxes)))
-        else:
-            kept.append(record)
-    return kept, val
+        raise CompetitionError(f"{root}: several {TRAINING}/{TESTING} folders ({', '.join(map(str, found))}); "
+                               "point DATA= at one of them")
+    return found[0] if found else None
 
 
 def load_competition(cfg: DataConfig, check_images: bool = True) -> Competition:
@@ -283,88 +158,220 @@ def load_competition(cfg: DataConfig, check_images: bool = True) -> Competition:
     root = Path(cfg.root)
     if not root.is_dir():
         raise CompetitionError(
-            f"{root}: competition folder not found; run `make sample` for the offline sample or "
-            "`make data COMPETITION=<slug>` for the real one"
+            f"{root}: competition folder not found; build the offline sample or download the "
+            "competition first"
         )
-    test_root = root / cfg.test_dir
-    train_root = root / cfg.train_dir
+    dataset = find_dataset(root) if cfg.layout in ("auto", "photo-reconstruction") else None
+    if dataset is None and cfg.layout == "photo-reconstruction":
+        raise CompetitionError(f"{root}: no {TRAINING}/ and {TESTING}/ folders found (data.layout is "
+                               "photo-reconstruction); check the download")
+    if dataset is not None:
+        competition = _load_photo_reconstruction(root, dataset, cfg, check_images)
+    else:
+        competition = _load_generic(root, cfg, check_images)
+    competition.sample_submission = find_sample_submission(root)
+    return competition
+
+
+def _load_photo_reconstruction(root: Path, dataset: Path, cfg: DataConfig, check_images: bool) -> Competition:
+    train_root, test_root = dataset / TRAINING, dataset / TESTING
+    candidates: list[ImageRecord] = []
+    for class_dir in sorted(d for d in train_root.iterdir() if d.is_dir()):
+        candidates += _training_pairs(class_dir, cfg, check_images)
+    if not candidates:
+        raise CompetitionError(f"{train_root}: no training images (no class folders with {UNMASKED}/ images); "
+                               "check the download")
+    train, val = carve_validation(candidates, cfg)
+    classes = sorted({r.label for r in candidates})
+    test_csv = test_root / MASKED_INFO
+    if not test_csv.is_file():
+        raise CompetitionError(f"{test_csv}: the test boxes file is missing; check the download")
+    test = _test_records(list_images(test_root, recursive=False), test_root, test_csv, cfg, check_images,
+                         lambda path: _label_from_name(path.name, cfg, classes))
+    return Competition(root, cfg, "photo-reconstruction", train, val, test, test_csv, test_root, classes=classes)
+
+
+def _training_pairs(class_dir: Path, cfg: DataConfig, check_images: bool) -> list[ImageRecord]:
+    """One class's Unmasked_Train photos, each with its Masked_Train twin and that twin's boxes."""
+    unmasked_dir, masked_dir = class_dir / UNMASKED, class_dir / MASKED
+    for folder in (unmasked_dir, masked_dir):
+        if not folder.is_dir():
+            raise CompetitionError(f"{folder}: missing; every class folder needs {UNMASKED}/ and {MASKED}/")
+    unmasked = {p.name: p for p in list_images(unmasked_dir)}
+    masked = {p.name: p for p in list_images(masked_dir)}
+    for name in sorted(set(unmasked) ^ set(masked)):
+        have, lack = (unmasked_dir, masked_dir) if name in unmasked else (masked_dir, unmasked_dir)
+        raise CompetitionError(f"{have / name}: has no twin {lack / name}; every training photo comes as an "
+                               "unmasked and a masked copy of the same name (re-download, or remove both)")
+    info = masked_dir / MASKED_INFO
+    if not info.is_file():
+        raise CompetitionError(f"{info}: missing; it gives the boxes of the {MASKED} images")
+    boxes: dict[str, list[tuple[int, Box]]] = {}
+    for row in _read_boxes(info, cfg).itertuples():
+        name = Path(row.image.replace("\\", "/")).name
+        if name not in masked:
+            raise CompetitionError(f"{info}: line {row.line}: image {row.image!r} is not in {masked_dir}")
+        boxes.setdefault(name, []).append((row.box, Box(row.x, row.y, row.w, row.h)))
+    records = []
+    for name, path in unmasked.items():
+        given = sorted(boxes.get(name, []), key=lambda t: t[0])
+        if len(given) != cfg.boxes_per_image:
+            raise CompetitionError(f"{info}: {name!r} has {len(given)} box(es), expected {cfg.boxes_per_image}")
+        if check_images:
+            _check_header(path, cfg.image_size)
+            _check_header(masked[name], cfg.image_size)
+        records.append(ImageRecord(f"{class_dir.name}_{name}", path, class_dir.name, "train",
+                                   tuple(b for _, b in given), masked[name]))
+    return records
+
+
+def _label_from_name(name: str, cfg: DataConfig, classes: list[str]) -> str | None:
+    """The class in a flat folder's file name (data.label_pattern), spelled as the class folder."""
+    match = re.search(cfg.label_pattern, name)
+    if not match or not match.group("label"):
+        return None
+    label = match.group("label")
+    return next((c for c in classes if c.lower() == label.lower()), label)
+
+
+def _load_generic(root: Path, cfg: DataConfig, check_images: bool) -> Competition:
+    test_root, train_root = root / cfg.test_dir, root / cfg.train_dir
     if train_root.is_dir():
-        train_paths = _list_images(train_root)
-        train_base = train_root
+        train_paths, train_base = list_images(train_root), train_root
     else:  # class folders straight under the root
         train_base = root
-        train_paths = [p for p in _list_images(root) if p.relative_to(root).parts[0] != cfg.test_dir
+        train_paths = [p for p in list_images(root) if p.relative_to(root).parts[0] != cfg.test_dir
                        and len(p.relative_to(root).parts) > 1]
     if not train_paths:
         raise CompetitionError(
             f"{root}: no training images (.jpg/.jpeg/.png) under {train_root} or class folders "
-            f"under {root}; check the download or data.train_dir"
+            f"under {root}, and no {TRAINING}/{TESTING} folders; check the download or data.train_dir"
         )
     if not test_root.is_dir():
         raise CompetitionError(f"{test_root}: test folder not found (data.test_dir in the config)")
-    test_paths = _list_images(test_root)
-    if not test_paths:
-        raise CompetitionError(f"{test_root}: no test images (.jpg/.jpeg/.png)")
-
-    bbox_csv = find_bbox_csv(root, cfg.bbox_csv)
-    table = read_bbox_csv(bbox_csv, cfg)
-    index = _test_index(test_paths, test_root)
-    boxes_by_path: dict[Path, list[tuple[int, Box]]] = {}
-    label_by_path: dict[Path, str | None] = {}
-    for row in table.itertuples():
-        name = row.image.replace("\\", "/")  # paths written on Windows
-        path = index.get(name) or index.get(Path(name).name)
-        if path is None:
-            raise CompetitionError(
-                f"{bbox_csv}: line {row.line}: image {row.image!r} is not among the {len(test_paths)} "
-                f"images under {test_root} (or its name is shared by two of them)"
-            )
-        boxes_by_path.setdefault(path, []).append((row.box, Box(row.x, row.y, row.w, row.h), row.line))
-        label_by_path[path] = row.label if isinstance(row.label, str) and row.label else None
-
-    stems: dict[str, Path] = {}
-    test: list[ImageRecord] = []
-    for path in test_paths:
-        if path not in boxes_by_path:
-            raise CompetitionError(f"{path}: test image has no boxes in {bbox_csv}")
-        if path.stem in stems:
-            raise CompetitionError(
-                f"{path} and {stems[path.stem]}: two test images share the id {path.stem!r}; "
-                "submission ids must be unique"
-            )
-        stems[path.stem] = path
-        if any(c in path.stem for c in ',"\n\r'):
-            raise CompetitionError(f"{path}: a comma, quote or line break in the name breaks the submission CSV; rename it")
-        entries = sorted(boxes_by_path[path], key=lambda t: t[0])
-        if len(entries) != cfg.boxes_per_image:
-            lines = ", ".join(str(line) for line in sorted(line for _, _, line in entries))
-            raise CompetitionError(
-                f"{bbox_csv}: image {path.name!r} has {len(entries)} box(es) (lines {lines}), expected "
-                f"{cfg.boxes_per_image} (data.boxes_per_image in the config)"
-            )
-        boxes = tuple(b for _, b, _ in entries)
-        label = label_by_path[path] or _label_of(path, test_root)
-        test.append(ImageRecord(path.stem, path, label, "test", boxes))
-        if check_images:
-            read_image(path, cfg.image_size)
-
+    try:
+        bbox_csv = find_bbox_csv(root, cfg.bbox_csv)
+    except BboxError as exc:
+        raise CompetitionError(str(exc)) from None
     train_records: list[ImageRecord] = []
     train_ids: dict[str, Path] = {}
     for path in train_paths:
         if check_images:
             _check_header(path, cfg.image_size)
         rel = path.relative_to(train_base)
-        image_id = "_".join(rel.with_suffix("").parts)  # class folder + stem
+        image_id = "_".join(rel.parts)  # class folder + file name
         if image_id in train_ids:
-            raise CompetitionError(
-                f"{path} and {train_ids[image_id]}: both get the id {image_id!r}; rename one "
-                "(predictions are stored by id)"
-            )
+            raise CompetitionError(f"{path} and {train_ids[image_id]}: both get the id {image_id!r}; rename one "
+                                   "(predictions are stored by id)")
         train_ids[image_id] = path
-        train_records.append(ImageRecord(image_id, path, _label_of(path, train_base), "train"))
-    train_records, val = carve_validation(train_records, cfg)
-    classes = sorted({r.label for r in train_records + val + test if r.label})
-    return Competition(root, cfg, train_records, val, test, bbox_csv, find_sample_submission(root), classes)
+        train_records.append(ImageRecord(image_id, path, _folder_label(path, train_base), "train"))
+    train, val = carve_validation(train_records, cfg)
+    classes = sorted({r.label for r in train_records if r.label})
+    test = _test_records(list_images(test_root), test_root, bbox_csv, cfg, check_images,
+                         lambda path: _folder_label(path, test_root) or _label_from_name(path.name, cfg, classes))
+    classes = sorted(set(classes) | {r.label for r in test if r.label})
+    return Competition(root, cfg, "generic", train, val, test, bbox_csv, test_root, classes=classes)
+
+
+def _folder_label(path: Path, folder: Path) -> str | None:
+    parts = path.relative_to(folder).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def _test_records(test_paths: list[Path], test_root: Path, bbox_csv: Path, cfg: DataConfig, check_images: bool,
+                  label_of) -> list[ImageRecord]:
+    """The test images with their boxes from `bbox_csv`; ids are file names (extension kept)."""
+    if not test_paths:
+        raise CompetitionError(f"{test_root}: no test images (.jpg/.jpeg/.png)")
+    table = _read_boxes(bbox_csv, cfg)
+    names: dict[str, Path] = {}
+    for path in test_paths:
+        if path.name in names:
+            raise CompetitionError(f"{path} and {names[path.name]}: two test images share the name {path.name!r}; "
+                                   "submission ids are file names and must be unique")
+        names[path.name] = path
+    index = _name_index(test_paths, test_root)
+    boxes_by_path: dict[Path, list[tuple[int, Box, int]]] = {}
+    label_by_path: dict[Path, str | None] = {}
+    for row in table.itertuples():
+        name = row.image.replace("\\", "/")  # paths written on Windows
+        path = index.get(name) or index.get(Path(name).name)
+        if path is None:
+            raise CompetitionError(f"{bbox_csv}: line {row.line}: image {row.image!r} is not among the "
+                                   f"{len(test_paths)} images under {test_root} (or its name is shared by two)")
+        boxes_by_path.setdefault(path, []).append((row.box, Box(row.x, row.y, row.w, row.h), row.line))
+        label_by_path[path] = row.label if isinstance(row.label, str) and row.label else None
+    test = []
+    for path in test_paths:
+        if path not in boxes_by_path:
+            raise CompetitionError(f"{path}: test image has no boxes in {bbox_csv}")
+        if any(c in path.name for c in ',"\n\r'):
+            raise CompetitionError(f"{path}: a comma, quote or line break in the name breaks the submission CSV; rename it")
+        entries = sorted(boxes_by_path[path], key=lambda t: t[0])
+        if len(entries) != cfg.boxes_per_image:
+            lines = ", ".join(str(line) for line in sorted(line for _, _, line in entries))
+            raise CompetitionError(f"{bbox_csv}: image {path.name!r} has {len(entries)} box(es) (lines {lines}), "
+                                   f"expected {cfg.boxes_per_image} (data.boxes_per_image in the config)")
+        label = label_by_path[path] or label_of(path)
+        test.append(ImageRecord(path.name, path, label, "test", tuple(b for _, b, _ in entries)))
+        if check_images:
+            read_image(path, cfg.image_size)
+    return test
+
+
+def _read_boxes(path: Path, cfg: DataConfig):
+    try:
+        return read_bbox_csv(path, cfg)
+    except BboxError as exc:
+        raise CompetitionError(str(exc)) from None
+
+
+def _name_index(paths: list[Path], root: Path) -> dict[str, Path]:
+    """Map every way a bbox CSV may name an image (relative path, file name, stem) to it; a key
+    shared by two images (a stem with two extensions) maps to neither."""
+    index: dict[str, Path] = {}
+    ambiguous: set[str] = set()
+    for path in paths:
+        for key in {path.relative_to(root).as_posix(), path.name, path.stem}:
+            if key in index and index[key] != path:
+                ambiguous.add(key)
+            index[key] = path
+    for key in ambiguous:
+        index.pop(key)
+    return index
+
+
+def carve_validation(candidates: list[ImageRecord], cfg: DataConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Split training photos into (train, val): cfg.val_count held out with fixed boxes.
+
+    A candidate with given boxes (the competition's masked twin) keeps them, and its masked twin
+    is the model input unless data.val_inputs is `clean`; one without gets seeded random boxes.
+    Training records keep neither (they get fresh random boxes each epoch). The same seed and
+    file list give the same images and boxes, so every variant is scored on the same pixels.
+    """
+    plain = [dataclasses.replace(r, boxes=(), masked_path=None) for r in candidates]
+    if cfg.val_count <= 0:
+        return plain, []
+    if cfg.val_count >= len(candidates):
+        raise CompetitionError(
+            f"data.val_count={cfg.val_count} leaves no training images out of {len(candidates)}; lower it"
+        )
+    rng = np.random.default_rng(cfg.val_seed)
+    chosen = set(rng.choice(len(candidates), size=cfg.val_count, replace=False).tolist())
+    kept, val = [], []
+    for i, record in enumerate(candidates):
+        if i not in chosen:
+            kept.append(plain[i])
+            continue
+        boxes = record.boxes
+        if not boxes:
+            try:
+                boxes = tuple(random_boxes(rng, cfg.image_size, cfg.box_size, cfg.boxes_per_image))
+            except ValueError as exc:
+                raise CompetitionError(f"validation boxes: {exc}; lower data.boxes_per_image or data.box_size") from exc
+        masked = record.masked_path if cfg.val_inputs == "masked" else None
+        val.append(dataclasses.replace(record, split="val", boxes=boxes, masked_path=masked))
+    return kept, val
 
 
 def find_sample_submission(root: Path) -> Path | None:

@@ -5,7 +5,10 @@ config) and albumentations transforms applied jointly to the image, its box mask
 jitter by reflect-padding and a random crop back to size, a horizontal flip, colour jitter. The
 geometric transforms only translate and mirror, so a 75x75 box stays 75x75, and boxes are drawn
 far enough from the border that no crop cuts them: after augmentation the masked pixels are
-exactly the transformed boxes. Validation and test records keep their fixed boxes, unaugmented.
+exactly the transformed boxes. The masked input is then JPEG-compressed at a random quality
+(`jpeg`), as the competition's masked copies are, so a model learns the ringing it will see
+around the test boxes. Validation and test records keep their fixed boxes, unaugmented; a
+validation record's input is the competition's own masked copy when it has one.
 
 Randomness comes from (seed, epoch, index) alone, so a resumed run sees the same samples as an
 uninterrupted one, whatever the number of loader workers.
@@ -41,6 +44,8 @@ class AugmentConfig:
     contrast: float = 0.15
     saturation: float = 0.15
     hue: float = 0.02
+    jpeg: float = 0.0  # probability of JPEG-compressing the masked input
+    jpeg_quality: tuple[int, int] = (60, 95)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -68,6 +73,14 @@ def build_augmentation(aug: AugmentConfig, size: int) -> A.Compose:
     )
 
 
+def build_compression(aug: AugmentConfig) -> A.Compose | None:
+    """JPEG compression of the masked input (None when off)."""
+    if aug.jpeg <= 0:
+        return None
+    low, high = aug.jpeg_quality
+    return A.Compose([A.ImageCompression(compression_type="jpeg", quality_range=(int(low), int(high)), p=aug.jpeg)])
+
+
 class BoxInpaintingDataset(Dataset):
     """Items are dicts of tensors:
 
@@ -92,6 +105,7 @@ class BoxInpaintingDataset(Dataset):
         self.data = data
         self.augment = augment
         self.transform = build_augmentation(augment, data.image_size) if augment else None
+        self.compression = build_compression(augment) if augment else None
         self.hole_fill = hole_fill
         self.seed = seed
         self.epoch = 0
@@ -103,20 +117,23 @@ class BoxInpaintingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, list[Box]]:
-        """(image uint8 HxWx3, mask bool HxW, boxes) for item `index` before tensor conversion."""
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, list[Box], np.ndarray]:
+        """(image uint8 HxWx3, mask bool HxW, boxes, masked input uint8 HxWx3) for item `index`
+        before tensor conversion; the masked input's box pixels are 0."""
         record = self.records[index]
         size = self.data.image_size
         image = read_image(record.path, size)
-        if record.boxes:  # val/test: fixed boxes, no augmentation
+        if record.boxes:  # val/test: fixed boxes, no augmentation, the competition's masked copy
             boxes = list(record.boxes)
-            return image, boxes_mask(boxes, size, size), boxes
+            mask = boxes_mask(boxes, size, size)
+            source = read_image(record.masked_path, size) if record.masked_path else image
+            return image, mask, boxes, apply_mask(source, mask)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         margin = self.augment.jitter if self.augment else 0
         boxes = random_boxes(rng, size, self.data.box_size, self.data.boxes_per_image, margin=margin)
         mask = boxes_mask(boxes, size, size)
         if self.transform is None:
-            return image, mask, boxes
+            return image, mask, boxes, apply_mask(image, mask)
         self.transform.set_random_seed(int(rng.integers(2**31)))
         out = self.transform(
             image=image, mask=mask.astype(np.uint8), bboxes=np.array([b.as_xyxy() for b in boxes], dtype=np.float32),
@@ -124,11 +141,17 @@ class BoxInpaintingDataset(Dataset):
         )
         boxes = [Box(int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0)))
                  for x0, y0, x1, y1 in np.asarray(out["bboxes"]).reshape(-1, 4)]
-        return out["image"], out["mask"].astype(bool), boxes
+        image, mask = out["image"], out["mask"].astype(bool)
+        masked = apply_mask(image, mask)
+        if self.compression is not None:
+            # blacked out, then compressed, as the competition's masked copies were made; the
+            # boxes are blanked again afterwards, as for every model input
+            self.compression.set_random_seed(int(rng.integers(2**31)))
+            masked = apply_mask(self.compression(image=masked)["image"], mask)
+        return image, mask, boxes, masked
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, mask, boxes = self.sample(index)
-        masked = apply_mask(image, mask)
+        image, mask, boxes, masked = self.sample(index)
         if self.hole_fill is not None:
             masked = self.hole_fill(masked, mask)
         return {

@@ -1,10 +1,17 @@
-"""The embedded offline sample: a small competition in the real one's layout, from the photos
-that ship inside scikit-image (no network).
+"""The embedded offline sample: a small competition in Photo Reconstruction's own layout, cut from
+the photos that ship inside scikit-image (no network).
 
+    data/sample/Dataset/Training_Data/<Class>/Unmasked_Train/<name>   training photos
+    data/sample/Dataset/Training_Data/<Class>/Masked_Train/<name>     the same, two boxes blacked
+                                                                      out, JPEG-compressed
+    data/sample/Dataset/Training_Data/<Class>/Masked_Train/masked_info.csv
+    data/sample/Dataset/Testing_Data/<name> + masked_info.csv          masked test photos, flat
+    data/sample-truth/<name>.png                                       their unmasked originals
+
+Names follow the real ones (`Cat-Train (12).jpeg`, `Space (3).png`: spaces, parentheses, mixed
+extensions) and two test files share a stem, so every path a real run takes is exercised.
 Each source photo is cut into 256x256 images by random square crops at several scales and random
-horizontal flips. Sources are split by photo, so no photo appears in both train and test. Test
-images get two random 75x75 boxes (written to bboxes.csv) and are saved with the boxes blanked;
-their unmasked originals go to a separate ground-truth folder for local scoring.
+horizontal flips; sources are split by photo, so no photo appears in both train and test.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ import skimage.data
 from tqdm import tqdm
 
 from pipeline.config import DataConfig
-from pipeline.data.boxes import apply_mask, boxes_mask, random_boxes
-from pipeline.data.competition import write_image
+from pipeline.data.boxes import Box, apply_mask, boxes_mask, random_boxes
+from pipeline.data.competition import MASKED, MASKED_INFO, TESTING, TRAINING, UNMASKED, write_image
+
+MASK_JPEG_QUALITY = 75  # the masked copies' compression: ringing near the boxes, as in the real files
+SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 @dataclass(frozen=True)
@@ -32,18 +42,18 @@ class SourcePhoto:
 
 
 SOURCES = (
-    SourcePhoto("chelsea", "cat", "train"),
-    SourcePhoto("astronaut", "person", "train"),
-    SourcePhoto("camera", "person", "test"),
-    SourcePhoto("coffee", "object", "train"),
-    SourcePhoto("rocket", "object", "train"),
-    SourcePhoto("hubble_deep_field", "space", "train"),
-    SourcePhoto("moon", "space", "test"),
-    SourcePhoto("brick", "texture", "train"),
-    SourcePhoto("grass", "texture", "train"),
-    SourcePhoto("gravel", "texture", "test"),
-    SourcePhoto("immunohistochemistry", "microscopy", "train"),
-    SourcePhoto("retina", "microscopy", "test"),
+    SourcePhoto("chelsea", "Cat", "train"),
+    SourcePhoto("astronaut", "Person", "train"),
+    SourcePhoto("camera", "Person", "test"),
+    SourcePhoto("coffee", "Object", "train"),
+    SourcePhoto("rocket", "Object", "train"),
+    SourcePhoto("hubble_deep_field", "Space", "train"),
+    SourcePhoto("moon", "Space", "test"),
+    SourcePhoto("brick", "Texture", "train"),
+    SourcePhoto("grass", "Texture", "train"),
+    SourcePhoto("gravel", "Texture", "test"),
+    SourcePhoto("immunohistochemistry", "Microscopy", "train"),
+    SourcePhoto("retina", "Microscopy", "test"),
 )
 
 
@@ -64,6 +74,35 @@ def _random_crop(photo: np.ndarray, rng: np.random.Generator, size: int) -> np.n
     interp = cv2.INTER_AREA if side >= size else cv2.INTER_CUBIC
     out = cv2.resize(crop, (size, size), interpolation=interp)
     return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 HxWx3 RGB as it decodes after JPEG compression at `quality`."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _masked_copy(image: np.ndarray, boxes: list[Box], size: int) -> np.ndarray:
+    """The competition's masked copy: boxes blacked out, then JPEG-compressed."""
+    return jpeg_round_trip(apply_mask(image, boxes_mask(boxes, size, size)), MASK_JPEG_QUALITY)
+
+
+def _write_masked(path: Path, masked: np.ndarray) -> None:
+    # a .jpg/.jpeg name is written as JPEG; a .png name keeps the already-compressed pixels
+    write_image(path, masked, jpeg_quality=100)
+
+
+def _name(label: str, number: int, split: str) -> str:
+    """A name shaped like the real ones: `Cat-Train (12).jpeg`, `Space (3).png`."""
+    stem = f"{label}-Train ({number})" if (number + (split == "test")) % 3 else f"{label} ({number})"
+    return stem + SUFFIXES[number % len(SUFFIXES)]
+
+
+def _info_rows(name: str, boxes: list[Box]) -> dict:
+    row = {"filename": name}
+    for k, box in enumerate(boxes, start=1):
+        row[f"box{k}_row"], row[f"box{k}_col"] = box.y, box.x
+    return row
 
 
 def build_sample(
@@ -89,27 +128,43 @@ def build_sample(
     staging_truth = truth.with_name(truth.name + ".partial")
     for folder in (staging_root, staging_truth):
         shutil.rmtree(folder, ignore_errors=True)
+    train_dir, test_dir = staging_root / "Dataset" / TRAINING, staging_root / "Dataset" / TESTING
+    size = cfg.image_size
+    train_info: dict[str, list[dict]] = {}
+    test_info: list[dict] = []
+    numbers: dict[tuple[str, str], int] = {}
+    twin_written = False
 
-    rows = []
+    def write_test(name: str, image: np.ndarray, boxes: list[Box]) -> None:
+        _write_masked(test_dir / name, _masked_copy(image, boxes, size))
+        write_image(staging_truth / f"{name}.png", image)
+        test_info.append(_info_rows(name, boxes))
+
     for source in tqdm(SOURCES, desc="sample photos", unit="photo"):
         photo = _load_rgb(source.name)
         count = train_per_photo if source.split == "train" else test_per_photo
-        for k in range(count):
-            image = _random_crop(photo, rng, cfg.image_size)
-            image_id = f"{source.name}_{k:03d}"
-            if source.split == "train":
-                write_image(staging_root / cfg.train_dir / source.label / f"{image_id}.jpg", image)
+        for _ in range(count):
+            image = _random_crop(photo, rng, size)
+            boxes = random_boxes(rng, size, cfg.box_size, cfg.boxes_per_image)
+            key = (source.label, source.split)
+            numbers[key] = numbers.get(key, 0) + 1
+            name = _name(source.label, numbers[key], source.split)
+            if source.split == "test":
+                write_test(name, image, boxes)
+                if not twin_written and name.endswith(".jpg"):
+                    # the real test set has a stem with two extensions; so does the sample
+                    twin = _random_crop(photo, rng, size)
+                    write_test(name[: -len(".jpg")] + ".jpeg", twin,
+                               random_boxes(rng, size, cfg.box_size, cfg.boxes_per_image))
+                    twin_written = True
                 continue
-            boxes = random_boxes(rng, cfg.image_size, cfg.box_size, cfg.boxes_per_image)
-            masked = apply_mask(image, boxes_mask(boxes, cfg.image_size, cfg.image_size))
-            # PNG keeps the test pixels exact, so the masked input and the truth agree outside the boxes
-            write_image(staging_root / cfg.test_dir / source.label / f"{image_id}.png", masked)
-            write_image(staging_truth / source.label / f"{image_id}.png", image)
-            for b, box in enumerate(boxes):
-                rows.append({"image_id": image_id, "class": source.label, "box": b,
-                             "x": box.x, "y": box.y, "width": box.w, "height": box.h})
-    pd.DataFrame(rows).to_csv(staging_root / "bboxes.csv", index=False)
-
+            class_dir = train_dir / source.label
+            write_image(class_dir / UNMASKED / name, image)
+            _write_masked(class_dir / MASKED / name, _masked_copy(image, boxes, size))
+            train_info.setdefault(source.label, []).append(_info_rows(name, boxes))
+    for label, rows in train_info.items():
+        pd.DataFrame(rows).to_csv(train_dir / label / MASKED / MASKED_INFO)  # with pandas' index, as the real file
+    pd.DataFrame(test_info).to_csv(test_dir / MASKED_INFO)
     for staging, final in ((staging_root, root), (staging_truth, truth)):
         shutil.rmtree(final, ignore_errors=True)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,9 @@ class TrainParams:
     jitter: int = 16  # augmentation: largest pad-and-crop shift, pixels
     flip: float = 0.5  # augmentation: probability of a horizontal flip
     colour: float = 0.5  # augmentation: probability of colour jitter
+    jpeg: float = 0.0  # augmentation: probability of JPEG-compressing the masked input, as the
+    jpeg_quality_low: int = 60  # competition's masked copies are, at a quality drawn from
+    jpeg_quality_high: int = 95  # low..high
     log_every: int = 20  # steps between TensorBoard scalars
     checkpoint_every: int = 200  # steps between last.pt saves (also saved every epoch end)
     val_every: int = 1  # epochs between validations (best.pt is chosen on these)
@@ -139,6 +142,11 @@ def pix2pix_config(variant: VariantConfig) -> Pix2PixConfig:
                           f"divide the {size}px image evenly; use 2..{int(np.log2(size & -size))}")
     if not 0.0 <= train.lr_decay <= 1.0:
         raise ConfigError(f"{variant.source or variant.name}: params.lr_decay: a fraction 0..1, got {train.lr_decay}")
+    if not 0.0 <= train.jpeg <= 1.0:
+        raise ConfigError(f"{variant.source or variant.name}: params.jpeg: a probability 0..1, got {train.jpeg}")
+    if not 1 <= train.jpeg_quality_low <= train.jpeg_quality_high <= 100:
+        raise ConfigError(f"{variant.source or variant.name}: params.jpeg_quality_low/high: need "
+                          f"1 <= low <= high <= 100, got {train.jpeg_quality_low}, {train.jpeg_quality_high}")
     counts = {"ngf": net.ngf, "ndf": net.ndf, "d_layers": net.d_layers, "epochs": train.epochs,
               "train_batch_size": train.train_batch_size, "log_every": train.log_every,
               "checkpoint_every": train.checkpoint_every, "val_every": train.val_every}

@@ -1,0 +1,77 @@
+"""The submit step: predict val + test, write and validate the CSV, score it, record a row.
+
+    predictions (pipeline.predict) -> submissions/<variant>.csv (pipeline.submission)
+      -> validation scores + test scores read back from the CSV (pipeline.score)
+      -> one leaderboard row (pipeline.leaderboard)
+
+Runs of one variant on one competition take turns, and the leaderboard is checked before the
+CSV is replaced, so a row's scores are always its own run's and its file is the one it names.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+from pipeline.config import VariantConfig
+from pipeline.data.competition import Competition
+from pipeline.leaderboard import Leaderboard
+
+SUBMISSIONS_DIR = Path("submissions")
+
+
+def predict_splits(variant: VariantConfig, competition: Competition, splits: list[str]):
+    """{split: PredictionRun} for `splits`, with the variant's inpainter built once."""
+    from pipeline.inpainters.base import build_inpainter
+    from pipeline.predict import predict_split
+
+    inpainter = build_inpainter(variant)
+    return {split: predict_split(variant, competition, split, inpainter) for split in splits}
+
+
+def submit_variant(variant: VariantConfig, competition: Competition, leaderboard: Leaderboard,
+                   out_dir: Path = SUBMISSIONS_DIR, run_dir: str | None = None) -> dict:
+    """Predict val + test, write and validate the CSV, score, record a leaderboard row.
+
+    Returns the row ({} on processes other than the main one, which alone writes).
+    """
+    from pipeline.predict import load_prediction, process_state, score_split, split_fingerprint, truth_boxes, variant_lock
+    from pipeline.score import score_boxes
+    from pipeline.submission import read_submission, submission_spec, write_submission
+
+    state = process_state()
+    spec = submission_spec(competition)  # a bad sample submission stops here, before any work
+    leaderboard.check()  # a damaged leaderboard stops here, before the CSV is replaced
+    splits = ["val", "test"] if competition.val else ["test"]
+    with variant_lock(variant.name, competition) if state.is_main_process else nullcontext():
+        runs = predict_splits(variant, competition, splits)
+        if not state.is_main_process:
+            return {}  # several processes predicted; the main one writes the CSV and the row
+        size = competition.config.image_size
+        test_folder = runs["test"].folder
+        csv = write_submission(out_dir / f"{variant.name}.csv", competition,
+                               lambda i: load_prediction(test_folder, competition.test[i], size), spec=spec)
+        val = score_split(competition, "val", runs["val"].folder, variant.name) if "val" in runs else None
+        test_rmse = None
+        if competition.config.truth is not None:
+            # scored from the CSV itself, so the file that would be uploaded is what is measured
+            test = score_boxes(read_submission(csv.path, competition, spec), truth_boxes(competition, competition.test))
+            test_rmse = test.rmse
+        entry = {
+            "variant": variant.name, "method": variant.method, "description": variant.description,
+            "data": str(competition.root), "split": split_fingerprint(competition, "val") if val else None,
+            "format": spec.fmt.name, "channels": spec.fmt.channels, "values": spec.fmt.values,
+            "val_rmse": val.rmse if val else None,
+            "val_rmse_255": val.rmse_255 if val else None, "val_psnr": val.psnr if val else None,
+            "val_ssim": val.ssim if val else None, "val_rmse_by_class": val.rmse_by_class if val else None,
+            "test_rmse": test_rmse, "seconds_per_image": runs["test"].seconds_per_image,
+            "submission": str(csv.path), "sha256": csv.sha256, "rows": csv.rows,
+            "run_dir": run_dir, "config": variant.to_dict(),
+        }
+        return leaderboard.record(entry)
+
+
+def kaggle_message(row) -> str:
+    """The submission message Kaggle shows: variant, description, channel order, checksum."""
+    return (f"{row['variant']}: {row['description'] or row['method']} [channels {row['channels']}] "
+            f"[sha {str(row['sha256'])[:12]}]")
