@@ -112,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=200, help="test images (the competition has 200)")
     parser.add_argument("--reference-images", type=int, default=100, help="pandas reference size")
-    parser.add_argument("--format", default=FORMAT, help="submission format preset (photo-reconstruction, default)")
+    parser.add_argument("--format", default="photo-reconstruction", help="submission format preset (or default)")
     args = parser.parse_args()
     global FORMAT
     FORMAT = args.format

@@ -8,6 +8,8 @@ detects a missing or repeated id without holding the file in memory.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -83,6 +85,9 @@ class IdCodec:
         self._col, self._channel = np.divmod(rest, 3)
         limit = int(self.box_xy.max(initial=0)) + s + 2
         self._numbers = pa.array([str(i) for i in range(max(limit, s + 2, 4))], pa.string())
+        self._head, self._tail = self._split_template()
+        self._recent: OrderedDict[int, pa.Array] = OrderedDict()  # writer and validator ask in turn
+        self._lock = threading.Lock()
         self.regex = re.compile(id_pattern) if id_pattern else self._template_regex()
         missing = {"image", "row", "col", "channel"} - set(self.regex.groupindex)
         if missing or (fmt.coords == "box" and "box" not in self.regex.groupindex):
@@ -100,22 +105,71 @@ class IdCodec:
                 parts.append(f"(?P<{fieldname}>{_NUMBER})")
         return re.compile("".join(parts) + "$")
 
+    def _split_template(self) -> tuple[list, pa.Array | None]:
+        """(pieces before {row}, the rendered tail for every pixel and channel of the frame) when
+        the template ends in {row}..{col}..{channel} with only literals between (both presets);
+        (all pieces, None) otherwise. The tail table makes an image's ids one take and one join
+        per box instead of a join of every field."""
+        pieces = self.fmt.pieces
+        fields = [f for _, f in pieces]
+        if "row" not in fields:
+            return pieces, None
+        start = fields.index("row")
+        tail = pieces[start:]
+        if [f for _, f in tail if f] != ["row", "col", "channel"]:
+            return pieces, None
+        frame = int(self.box_xy.max(initial=0)) + self.box_size if self.fmt.coords == "image" else self.box_size
+        (lit_row, _), (lit_col, _), (lit_ch, _), *rest = tail
+        end = "".join(lit for lit, _ in rest)
+        rendered = [f"{lit_row}{y}{lit_col}{x}{lit_ch}{c}{end}" for y in range(frame) for x in range(frame) for c in range(3)]
+        self._frame = frame
+        return pieces[:start], pa.array(rendered, pa.string())
+
+    def _render(self, pieces, values: dict) -> list:
+        out = []
+        for literal, fieldname in pieces:
+            if literal:
+                out.append(literal)
+            if fieldname:
+                value = values[fieldname]
+                out.append(value if isinstance(value, str) else self._numbers.take(pa.array(value)))
+        return out
+
     def ids_for(self, image_index: int) -> pa.Array:
         """The ids of one test image, in the canonical order (box, row, col, channel)."""
+        with self._lock:
+            cached = self._recent.get(image_index)
+        if cached is not None:
+            return cached
+        ids = self._build_ids(image_index)
+        with self._lock:
+            self._recent[image_index] = ids
+            while len(self._recent) > 8:
+                self._recent.popitem(last=False)
+        return ids
+
+    def _build_ids(self, image_index: int) -> pa.Array:
         xy = self.box_xy[image_index]
+        name = self.names[image_index].as_py()
+        if self._tail is not None:
+            per_box = self.per_image // self.boxes
+            parts = []
+            for b in range(self.boxes):
+                rows = slice(b * per_box, (b + 1) * per_box)
+                row, col = self._row[rows], self._col[rows]
+                if self.fmt.coords == "image":
+                    row, col = row + xy[b, 1], col + xy[b, 0]
+                index = (row * self._frame + col) * 3 + self._channel[rows]
+                head = "".join(str(p) for p in self._render(self._head, {"name": name, "stem": name,
+                                                                          "box": str(b + self.fmt.box_base)}))
+                parts.append(pc.binary_join_element_wise(head, self._tail.take(pa.array(index)), ""))
+            return pa.concat_arrays(parts)
         row, col = self._row, self._col
         if self.fmt.coords == "image":
             row, col = row + xy[self._box, 1], col + xy[self._box, 0]
-        values = {"name": self.names[image_index].as_py(), "stem": self.names[image_index].as_py(),
-                  "box": self._box + self.fmt.box_base, "row": row, "col": col, "channel": self._channel}
-        pieces = []
-        for literal, fieldname in self.fmt.pieces:
-            if literal:
-                pieces.append(literal)
-            if fieldname:
-                value = values[fieldname]
-                pieces.append(value if isinstance(value, str) else self._numbers.take(pa.array(value)))
-        return pc.binary_join_element_wise(*pieces, "")
+        values = {"name": name, "stem": name, "box": self._box + self.fmt.box_base, "row": row, "col": col,
+                  "channel": self._channel}
+        return pc.binary_join_element_wise(*self._render(self.fmt.pieces, values), "")
 
     def canonical(self, start: int, count: int) -> pa.ChunkedArray | None:
         """Ids of rows start..start+count of a file in the writer's order (None past the end)."""
