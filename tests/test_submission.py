@@ -292,3 +292,20 @@ def test_a_bad_sample_submission_is_refused(workspace, competition):
     cfg = data_config({**vars(cfg), "values": "decimal"})
     with pytest.raises(SubmissionError, match=r"line 9: value 300 is outside 0..1"):
         submission_spec(load_competition(cfg))
+
+
+def test_a_format_of_ones_own_any_field_order(workspace):
+    """A format YAML of the user's: fields in another order, box coordinates, integer values."""
+    fmt = workspace / "my-format.yaml"
+    fmt.write_text('columns: [pixel, v]\nid: "{channel}:{row}:{col}@{name}#{box}"\ncoords: box\nbox_base: 0\n'
+                   "values: integer\n")
+    competition = load_competition(data_config({**vars(small_data_config(workspace)), "format": str(fmt)}))
+    predictions = _predictions(competition, seed=4)
+    result = write_submission(workspace / "submissions/m.csv", competition, predictions.__getitem__, progress=False)
+    lines = result.path.read_text().splitlines()
+    first, box = competition.test[0], competition.test[0].boxes[0]
+    assert lines[0] == "pixel,v" and lines[2] == f"1:0:0@{first.image_id}#0,{predictions[0][box.y, box.x, 1]}"
+    assert (read_submission(result.path, competition) == _in_memory(competition, predictions)).all()
+    fmt.write_text('columns: [pixel, v]\nid: "{row}_{col}_{channel}"\n')
+    with pytest.raises(Exception, match=r"needs \{name\} or \{stem\}"):
+        submission_spec(load_competition(data_config({**vars(small_data_config(workspace)), "format": str(fmt)})))
