@@ -31,9 +31,13 @@ from pipeline.leaderboard import Leaderboard
 def _apply_params(variant: VariantConfig, items: list[str] | None) -> VariantConfig:
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise ConfigError(f"--param {item!r}: expected key=value")
-        variant.params[key] = yaml.safe_load(value)
+        try:
+            variant.params[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--param {item}: the value is not valid YAML ({exc})") from None
+        variant.overrides[key] = value
     return variant
 
 

@@ -80,12 +80,21 @@ class VariantConfig:
     data: DataConfig = field(default_factory=DataConfig)
     batch_size: int = 8
     source: Path | None = None  # the YAML file this came from
+    overrides: dict[str, str] = field(default_factory=dict)  # params given as --param key=value
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (paths as strings), for checkpoints and the leaderboard."""
         out = dataclasses.asdict(self)
         out.pop("source")
+        out.pop("overrides")
         return json.loads(json.dumps(out, default=str))
+
+
+def param_where(variant: VariantConfig, key: str) -> str:
+    """Who set params.<key>: the command line's --param, or the variant's file (for messages)."""
+    if key in variant.overrides:
+        return f"--param {key}={variant.overrides[key]}"
+    return f"{variant.source or variant.name}: params.{key}"
 
 
 def _build(cls, values: dict[str, Any], where: str):
@@ -102,9 +111,15 @@ def _build(cls, values: dict[str, Any], where: str):
 
 
 def parse_params(cls, params: dict[str, Any], variant: VariantConfig):
-    """Build a method's params dataclass from `variant.params`; errors name the variant file."""
-    where = f"{variant.source or variant.name}: params"
-    obj = _build(cls, dict(params), where)
+    """Build a method's params dataclass from `variant.params`; errors name the variant file, or
+    the command-line argument when the key came from --param."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    given = [k for k in unknown if k in variant.overrides]
+    if given:
+        raise ConfigError(f"--param {given[0]}={variant.overrides[given[0]]}: {variant.method} has no parameter "
+                          f"{given[0]!r}; allowed: {', '.join(sorted(known))}")
+    obj = _build(cls, dict(params), f"{variant.source or variant.name}: params")
     for f in dataclasses.fields(cls):
         value = getattr(obj, f.name)
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -112,9 +127,7 @@ def parse_params(cls, params: dict[str, Any], variant: VariantConfig):
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             setattr(obj, f.name, float(value))
         elif default is not None and not isinstance(value, type(default)):
-            raise ConfigError(
-                f"{where}.{f.name}: expected {type(default).__name__}, got {value!r}"
-            )
+            raise ConfigError(f"{param_where(variant, f.name)}: expected {type(default).__name__}, got {value!r}")
     return obj
 
 

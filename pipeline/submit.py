@@ -10,7 +10,8 @@ CSV is replaced, so a row's scores are always its own run's and its file is the 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import fcntl
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from pipeline.config import VariantConfig
@@ -35,7 +36,7 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
 
     Returns the row ({} on processes other than the main one, which alone writes).
     """
-    from pipeline.predict import load_prediction, process_state, score_split, split_fingerprint, truth_boxes, variant_lock
+    from pipeline.predict import load_prediction, process_state, score_split, truth_boxes, variant_lock
     from pipeline.score import score_boxes
     from pipeline.submission import read_submission, submission_spec, write_submission
 
@@ -49,26 +50,43 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
             return {}  # several processes predicted; the main one writes the CSV and the row
         size = competition.config.image_size
         test_folder = runs["test"].folder
-        csv = write_submission(out_dir / f"{variant.name}.csv", competition,
-                               lambda i: load_prediction(test_folder, competition.test[i], size), spec=spec)
         val = score_split(competition, "val", runs["val"].folder, variant.name) if "val" in runs else None
-        test_rmse = None
-        if competition.config.truth is not None:
-            # scored from the CSV itself, so the file that would be uploaded is what is measured
-            test = score_boxes(read_submission(csv.path, competition, spec), truth_boxes(competition, competition.test))
-            test_rmse = test.rmse
-        entry = {
-            "variant": variant.name, "method": variant.method, "description": variant.description,
-            "data": str(competition.root), "split": split_fingerprint(competition, "val") if val else None,
-            "format": spec.fmt.name, "channels": spec.fmt.channels, "values": spec.fmt.values,
-            "val_rmse": val.rmse if val else None,
-            "val_rmse_255": val.rmse_255 if val else None, "val_psnr": val.psnr if val else None,
-            "val_ssim": val.ssim if val else None, "val_rmse_by_class": val.rmse_by_class if val else None,
-            "test_rmse": test_rmse, "seconds_per_image": runs["test"].seconds_per_image,
-            "submission": str(csv.path), "sha256": csv.sha256, "rows": csv.rows,
-            "run_dir": run_dir, "config": variant.to_dict(),
-        }
-        return leaderboard.record(entry)
+        path = out_dir / f"{variant.name}.csv"
+        # runs of this variant on other data write the same file: write, read back and record in turn
+        with _csv_lock(path):
+            csv = write_submission(path, competition, lambda i: load_prediction(test_folder, competition.test[i], size),
+                                   spec=spec)
+            test_rmse = None
+            if competition.config.truth is not None:
+                # scored from the CSV itself, so the file that would be uploaded is what is measured
+                test = score_boxes(read_submission(csv.path, competition, spec), truth_boxes(competition, competition.test))
+                test_rmse = test.rmse
+            return leaderboard.record(_entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir))
+
+
+@contextmanager
+def _csv_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> dict:
+    """The leaderboard row of one submission."""
+    from pipeline.predict import split_fingerprint
+
+    return {
+        "variant": variant.name, "method": variant.method, "description": variant.description,
+        "data": str(competition.root), "split": split_fingerprint(competition, "val") if val else None,
+        "format": spec.fmt.name, "channels": spec.fmt.channels, "values": spec.fmt.values,
+        "val_rmse": val.rmse if val else None, "val_rmse_255": val.rmse_255 if val else None,
+        "val_psnr": val.psnr if val else None, "val_ssim": val.ssim if val else None,
+        "val_rmse_by_class": val.rmse_by_class if val else None,
+        "test_rmse": test_rmse, "seconds_per_image": runs["test"].seconds_per_image,
+        "submission": str(csv.path), "sha256": csv.sha256, "rows": csv.rows,
+        "run_dir": run_dir, "config": variant.to_dict(),
+    }
 
 
 def kaggle_message(row) -> str:

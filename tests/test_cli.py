@@ -59,7 +59,12 @@ def test_param_override_and_bad_variant(workspace, capsys):
     (run,) = Path("data/predictions").glob("sample-*/telea/val/run.json")
     assert code == 0 and '"radius": 1' in run.read_text()
     code, _, err = _run(capsys, "predict", "--variant", "telea", "--param", "radios=1")
-    assert code == 2 and "unknown key(s) radios" in err
+    assert code == 2 and "--param radios=1: telea has no parameter 'radios'" in err
+    code, _, err = _run(capsys, "submit", "--variant", "telea", "--param", "radius=-3")
+    assert code == 2 and "--param radius=-3: the radius must be a positive number" in err
+    code, _, err = _run(capsys, "submit", "--variant", "telea", "--param", "radius=big")
+    assert code == 2 and "--param radius=big: expected float" in err and "telea.yaml" not in err
+    assert not Path("submissions/telea.csv").exists()
     code, _, err = _run(capsys, "submit", "--variant", "no-such-variant")
     assert code == 2 and "available:" in err and "telea" in err
 

@@ -141,9 +141,16 @@ def test_download_without_credentials_fails_before_any_request(standin, monkeypa
 
 
 @pytest.mark.parametrize("source", ["kaggle.json", "env pair", "KAGGLE_API_TOKEN", "access_token file"])
-def test_each_credential_source_is_accepted(home, monkeypatch, source):
+def test_each_credential_source_is_accepted_and_sent(standin, home, monkeypatch, source):
+    """Each way of giving credentials passes the early check, and the request carries exactly them."""
+    import base64
+
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    with pytest.raises(kg.KaggleError, match="kaggle.json"):
+        kg.check_credentials()  # nothing given yet: refused, so what follows is the source's doing
     if source == "kaggle.json":
-        (home / ".kaggle").mkdir()
+        (home / ".kaggle").mkdir(exist_ok=True)
         (home / ".kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
     elif source == "env pair":
         monkeypatch.setenv("KAGGLE_USERNAME", "u")
@@ -151,9 +158,15 @@ def test_each_credential_source_is_accepted(home, monkeypatch, source):
     elif source == "KAGGLE_API_TOKEN":
         monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_abc")
     else:
-        (home / ".kaggle").mkdir()
+        (home / ".kaggle").mkdir(exist_ok=True)
         (home / ".kaggle" / "access_token").write_text("KGAT_abc\n")
+    standin.state.valid_tokens.add("KGAT_abc")
     kg.check_credentials()
+    assert kg.list_submissions(SLUG) == []
+    expected = ("Bearer KGAT_abc" if "TOKEN" in source or "token" in source
+                else "Basic " + base64.b64encode(b"u:k").decode())
+    assert standin.state.calls[-1].name == "ListSubmissions"
+    assert standin.state.calls[-1].authorization == expected
 
 
 def test_kaggle_json_without_key_is_reported(home):

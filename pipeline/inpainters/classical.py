@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.config import VariantConfig, parse_params
+from pipeline.config import ConfigError, VariantConfig, param_where, parse_params
 from pipeline.inpainters.base import InpaintBatch, Inpainter
 
 
@@ -16,7 +16,15 @@ class MeanFillParams:
     pass
 
 
-class MeanFill(Inpainter):
+class Classical(Inpainter):
+    """A classical method: building it is cheap, so its preflight checks the params by building it."""
+
+    @classmethod
+    def preflight(cls, variant: VariantConfig) -> None:
+        cls.from_config(variant)
+
+
+class MeanFill(Classical):
     """Fills the boxes with the mean colour of the image's known pixels (the RMSE-optimal constant)."""
 
     @classmethod
@@ -38,7 +46,7 @@ class OpenCVParams:
     radius: float = 5.0  # neighbourhood each inpainted pixel draws from
 
 
-class OpenCVInpaint(Inpainter):
+class OpenCVInpaint(Classical):
     """cv2.inpaint with the Telea (fast marching) or Navier-Stokes algorithm, per image."""
 
     FLAGS = {"telea": cv2.INPAINT_TELEA, "navier-stokes": cv2.INPAINT_NS}
@@ -50,6 +58,8 @@ class OpenCVInpaint(Inpainter):
     @classmethod
     def from_config(cls, variant: VariantConfig) -> "OpenCVInpaint":
         params = parse_params(OpenCVParams, variant.params, variant)
+        if not params.radius > 0:
+            raise ConfigError(f"{param_where(variant, 'radius')}: the radius must be a positive number of pixels")
         return cls(variant.method, params.radius)
 
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
