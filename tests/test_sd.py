@@ -144,25 +144,43 @@ def test_whole_image_round_trip_at_512(workspace, competition, tiny_model):
     assert out.shape == (2, 256, 256, 3) and out.dtype == np.uint8
     assert seen and set(seen) == {(64, 64)}  # the model worked on 512x512 images
     assert outside_unchanged(batch, out)
-    assert not np.array_equal(out[batch.masks], batch.masked_images[batch.masks])  # boxes were filled
+    # the boxes hold the model's output, not the Telea pre-fill it started from
+    prefilled = sd.prefill(batch.masked_images, batch.masks, "telea")
+    changed = np.abs(out[batch.masks].astype(int) - prefilled[batch.masks].astype(int)).mean()
+    assert changed > 5, f"box pixels are the pre-fill (mean change {changed:.2f}): the model's output was dropped"
 
 
 def test_crop_mode_one_box_at_a_time_through_padding_mask_crop(workspace, competition, tiny_model, monkeypatch):
     inpainter = build_inpainter(sd_variant(workspace, tiny_model, resize="crop", crop_padding=24, **FAST))
     seen = latent_sizes(inpainter)
     pipe = inpainter.loaded.pipe
-    calls = []
+    calls, results = [], []
     real_call = type(pipe).__call__
-    monkeypatch.setattr(type(pipe), "__call__", lambda self, **kw: calls.append(kw) or real_call(self, **kw))
+
+    def recording(self, **kw):
+        calls.append(kw)
+        out = real_call(self, **kw)
+        results.append(np.asarray(out.images[0].convert("RGB")))
+        return out
+
+    monkeypatch.setattr(type(pipe), "__call__", recording)
     batch = first_batch(competition)
     out = inpainter.inpaint(batch)
     assert out.shape == (2, 256, 256, 3) and outside_unchanged(batch, out)
     assert len(calls) == 4 and set(seen) == {(64, 64)}  # 2 images x 2 boxes, each at 512
-    boxes = [box for image_boxes in batch.boxes for box in image_boxes]
-    for call, box in zip(calls, boxes):  # one (grown) box per call, never both
-        assert call["padding_mask_crop"] == 24 and call["height"] == call["width"] == 512
-        expected = sd.dilate(sd.box_mask(box, (256, 256)), 4)
-        assert np.array_equal(np.asarray(call["mask_image"]) > 0, expected)
+    k = 0
+    for n, image_boxes in enumerate(batch.boxes):
+        for b, box in enumerate(image_boxes):  # one (grown) box per call, never both
+            call, result = calls[k], results[k]
+            assert call["padding_mask_crop"] == 24 and call["height"] == call["width"] == 512
+            expected = sd.dilate(sd.box_mask(box, (256, 256)), 4)
+            assert np.array_equal(np.asarray(call["mask_image"]) > 0, expected)
+            # the call's result lands in its own box (where no later box of the image overwrote it)
+            mine = sd.box_mask(box, (256, 256))
+            for later in image_boxes[b + 1:]:
+                mine &= ~sd.dilate(sd.box_mask(later, (256, 256)), 4)
+            assert mine.any() and np.array_equal(out[n][mine], result[mine])
+            k += 1
 
 
 def test_same_seed_same_output_whatever_the_batch(workspace, competition, tiny_model):
