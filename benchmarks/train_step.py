@@ -8,7 +8,7 @@ Both sides train the same networks on the same random 256x256 batches: the U-Net
 (ndf 64) on (input, candidate) pairs; vanilla GAN + 100 x L1; Adam 2e-4, beta1 0.5.
 
     reference   written here the plain way: fp32, NCHW, PyTorch defaults, the textbook step
-    ours        pipeline.train.Pix2PixStep with the networks of pipeline.inpainters.pix2pix and
+    ours        pipeline.inpainters.pix2pix.Pix2PixStep with the networks of pipeline.inpainters.pix2pix and
                 configs/pix2pix.yaml's settings, as `make train VARIANT=pix2pix` runs it: bf16
                 autocast (where the CPU has native bf16), channels_last activations, fused Adam
 
@@ -124,8 +124,8 @@ class ReferenceStep:
 # Ours: the pipeline's step as `make train` builds it
 
 
-def our_params(precision: str | None = None, channels_last: bool | None = None):
-    """configs/pix2pix.yaml's network and training settings (the reports' U-Net-256 recipe)."""
+def our_config(precision: str | None = None, channels_last: bool | None = None):
+    """configs/pix2pix.yaml's settings (the reports' U-Net-256 recipe), parsed as the trainer does."""
     from pipeline.config import load_variant
 
     config = p2p.pix2pix_config(load_variant("pix2pix"))
@@ -135,25 +135,25 @@ def our_params(precision: str | None = None, channels_last: bool | None = None):
         hp.mixed_precision = precision
     if channels_last is not None:
         hp.channels_last = channels_last
-    return net, hp
+    return config
 
 
 def our_step(precision: str | None = None, channels_last: bool | None = None):
     """(Pix2PixStep, precision used) built the way pipeline.train builds it."""
-    from pipeline.train import Pix2PixStep, _accelerator, _mixed_precision
+    from pipeline.train import _accelerator, _mixed_precision
 
-    net, hp = our_params(precision, channels_last)
-    precision, note = _mixed_precision(hp.mixed_precision)
+    config = our_config(precision, channels_last)
+    precision, note = _mixed_precision(config.train.mixed_precision)
     if note:
         print(f"note: {note}")
     accelerator = _accelerator(precision)
-    G, D = p2p.build_generator(net), p2p.build_discriminator(net)
-    opt_g = torch.optim.Adam(G.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2), fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2), fused=True)
-    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
-    for model in (G, D):
+    nets = p2p.FAMILY.build(config)
+    optimizers = p2p.FAMILY.optimizers(config, nets)
+    prepared = accelerator.prepare(*nets.values(), *optimizers.values())
+    for model in prepared[:2]:
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    return Pix2PixStep(accelerator, hp, G, opt_g, D, opt_d), precision
+    nets, optimizers = dict(zip(nets, prepared[:2])), dict(zip(optimizers, prepared[2:]))
+    return p2p.FAMILY.step(config, accelerator, nets, optimizers), precision
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def main() -> None:
     reference = ReferenceStep()
     ours, precision = our_step(args.precision, False if args.nchw else None)
     print(f"ours: configs/pix2pix.yaml's step: precision {precision}, "
-          f"{'channels_last' if ours.hp.channels_last else 'NCHW'} activations, fused Adam")
+          f"{'channels_last' if ours.channels_last else 'NCHW'} activations, fused Adam")
     rates = {}
     for batch_size in (1, 4):
         rates[batch_size] = time_steps({"reference": reference, "ours": ours}, batch_size, repeats)

@@ -80,6 +80,8 @@ METHODS = {
     "navier-stokes": "pipeline.inpainters.classical:OpenCVInpaint",
     "sd": "pipeline.inpainters.sd:SDInpainter",
     "pix2pix": "pipeline.inpainters.pix2pix:Pix2PixInpainter",
+    "pconv": "pipeline.inpainters.pconv:PConvInpainter",
+    "glcic": "pipeline.inpainters.glcic:GLCICInpainter",
 }
 
 
