@@ -78,6 +78,7 @@ class TrainableConfig:
     loss: Any
     train: TrainParams
     inference: InferenceParams
+    image_size: int = 256  # the variant's data.image_size (networks sized by it)
 
     def params(self) -> dict[str, Any]:
         """Every param with its default filled in: what a checkpoint stores and is compared on."""
@@ -129,7 +130,7 @@ class Family:
             raise ConfigError(f"{variant.source or variant.name}: params: unknown key(s) {', '.join(unknown)}; "
                               f"allowed: {', '.join(sorted(known))}")
         config = TrainableConfig(*[parse_params(cls, {k: v for k, v in variant.params.items() if k in names}, variant)
-                                   for cls, names in zip(classes, fields)])
+                                   for cls, names in zip(classes, fields)], image_size=variant.data.image_size)
         train = config.train
         choice(variant, "mixed_precision", train.mixed_precision, MIXED_PRECISION)
         if not 0.0 <= train.lr_decay <= 1.0:
