@@ -1,6 +1,6 @@
 """Training-step speed: our pix2pix step against a plain canonical pix2pix, in the same run.
 
-    .venv/bin/python benchmarks/train_step.py            # ~4 minutes on 2 cores
+    .venv/bin/python benchmarks/train_step.py            # ~4 minutes on 2 cores (builds the sample first if missing)
     .venv/bin/python benchmarks/train_step.py --quick    # fewer timed steps, no RMSE check
 
 Both sides train the same networks on the same random 256x256 batches: the U-Net-256 (ngf 64,
@@ -23,6 +23,7 @@ reaches a validation RMSE no worse than the same run in fp32.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -32,11 +33,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from pipeline.inpainters import pix2pix as p2p  # noqa: E402
 
 SIZE = 256
+
+
+def ensure_sample(cfg=None, **build) -> bool:
+    """Build the offline sample competition (what `make sample` builds) where `cfg.root` (default:
+    the sample's folder) has none; True if it was built. `build`: build_sample's sizes."""
+    from pipeline.config import DataConfig
+    from pipeline.data.sample import build_sample
+
+    cfg = cfg or DataConfig()
+    if Path(cfg.root).is_dir():
+        return False
+    print(f"{cfg.root}: no sample competition yet; building it (same as `make sample`)", flush=True)
+    build_sample(cfg, **build)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +230,6 @@ def loader_rate(workers: int, batch_size: int, batches: int) -> float:
 
 def short_run_rmse(precision: str, steps: int, seed: int) -> float:
     """Best validation RMSE of pix2pix-cpu after `steps` steps on the sample at `precision`."""
-    import os
-
     from pipeline.config import load_variant
     from pipeline.train import train
 
@@ -243,6 +257,8 @@ def main() -> None:
     parser.add_argument("--rmse-steps", type=int, default=120, help="steps of each short run")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 6)
+    os.chdir(REPO)  # the configs' data.root (data/sample) is relative to the repository
+    ensure_sample()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")

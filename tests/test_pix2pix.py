@@ -112,3 +112,19 @@ def test_flip_tta_averages_the_mirrored_prediction():
     tta = p2p.Pix2PixInpainter(FillPlusRamp(), config, device=torch.device("cpu"))
     assert torch.allclose(plain.predict(fill, mask), fill + torch.linspace(-1, 1, 20), atol=1e-6)
     assert torch.allclose(tta.predict(fill, mask), fill, atol=1e-6)
+
+
+def test_under_several_processes_each_model_goes_to_its_process_device(monkeypatch):
+    # accelerate launch / torchrun set WORLD_SIZE; the device is the one accelerate gives the
+    # process (cuda:<local rank>), not "cuda" for all: a stand-in state hands out a marked device
+    import accelerate
+
+    class ProcessState:
+        device = torch.device("meta")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", ProcessState)
+    config = p2p.pix2pix_config(_variant(ngf=8, depth=4))
+    inpainter = p2p.Pix2PixInpainter(p2p.FAMILY.build_generator(config), config)
+    assert inpainter.device == torch.device("meta")
+    assert next(inpainter.generator.parameters()).device == torch.device("meta")
