@@ -23,8 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import (CONFIG_DIR, ConfigError, DataConfig, PipelineError, VariantConfig, data_config,
-                             load_variant)
+from pipeline.config import ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
 from pipeline.data.competition import Competition, load_competition
 from pipeline.leaderboard import Leaderboard
 
@@ -155,6 +154,7 @@ def cmd_submit(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from pipeline.config import CONFIG_DIR
     from pipeline.train import train
 
     variant = _variant(args)

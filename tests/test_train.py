@@ -20,11 +20,11 @@ import yaml
 from pipeline.checkpoint import CheckpointError, read_checkpoint
 from pipeline.cli import main as cli
 from pipeline.config import load_variant
-from pipeline.data.competition import CompetitionError
+from pipeline.data.competition import CompetitionError, load_competition
 from pipeline.leaderboard import Leaderboard
 from pipeline.train import train
 
-from tests.conftest import REPO
+from tests.conftest import REPO, small_data_config
 
 TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_init="telea", objective="gan",
             gan_loss="lsgan", train_batch_size=4, epochs=2, lr=0.001, mixed_precision="bf16",
@@ -177,7 +177,7 @@ def test_bad_command_line_overrides_name_the_argument(workspace, capsys, argv, w
 
 def test_a_truncated_training_photo_stops_a_restart_before_it_removes_anything(trained_workspace, capsys):
     ws = trained_workspace
-    photo = sorted((ws / "data/sample/train").rglob("*.jpg"))[0]
+    photo = load_competition(small_data_config(ws)).train[0].path  # wherever the layout keeps them
     photo.write_bytes(photo.read_bytes()[: photo.stat().st_size // 2])  # the header survives, the scan does not
     kept = {p: p.read_bytes() for p in (ws / "checkpoints/tiny").iterdir()}
     logs = sorted(p.name for p in (ws / "runs/tiny").iterdir())
