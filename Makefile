@@ -52,7 +52,7 @@ predict: setup ## predict the validation split and the test set with VARIANT
 submit: setup ## write + validate submissions/<VARIANT>.csv, score it, record it on the leaderboard
 	$(RUN) submit --variant $(VARIANT) $(DATA_ARG) $(CKPT_ARG)
 
-train: setup ## train TRAIN_VARIANT (default pix2pix-cpu): checkpoints/<variant>/best.pt, runs/<variant>/
+train: setup ## train VARIANT (pix2pix-cpu by default; pconv-cpu, glcic-cpu, ...): checkpoints/<variant>/, runs/<variant>/
 	$(TRAIN_RUN) train --variant $(TRAIN_VARIANT) $(DATA_ARG) $(if $(RESUME),--resume,) $(if $(RESTART),--restart,) \
 		$(if $(EPOCHS),--epochs $(EPOCHS),) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS),)
 

@@ -1,6 +1,6 @@
 """Training-step speed: our pix2pix step against a plain canonical pix2pix, in the same run.
 
-    .venv/bin/python benchmarks/train_step.py            # ~4 minutes on 2 cores
+    .venv/bin/python benchmarks/train_step.py            # ~4 minutes on 2 cores (builds the sample first if missing)
     .venv/bin/python benchmarks/train_step.py --quick    # fewer timed steps, no RMSE check
 
 Both sides train the same networks on the same random 256x256 batches: the U-Net-256 (ngf 64,
@@ -8,7 +8,7 @@ Both sides train the same networks on the same random 256x256 batches: the U-Net
 (ndf 64) on (input, candidate) pairs; vanilla GAN + 100 x L1; Adam 2e-4, beta1 0.5.
 
     reference   written here the plain way: fp32, NCHW, PyTorch defaults, the textbook step
-    ours        pipeline.train.Pix2PixStep with the networks of pipeline.inpainters.pix2pix and
+    ours        pipeline.inpainters.pix2pix.Pix2PixStep with the networks of pipeline.inpainters.pix2pix and
                 configs/pix2pix.yaml's settings, as `make train VARIANT=pix2pix` runs it: bf16
                 autocast (where the CPU has native bf16), channels_last activations, fused Adam
 
@@ -23,6 +23,7 @@ reaches a validation RMSE no worse than the same run in fp32.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -32,11 +33,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from pipeline.inpainters import pix2pix as p2p  # noqa: E402
 
 SIZE = 256
+
+
+def ensure_sample(cfg=None, **build) -> bool:
+    """Build the offline sample competition (what `make sample` builds) where `cfg.root` (default:
+    the sample's folder) has none; True if it was built. `build`: build_sample's sizes."""
+    from pipeline.config import DataConfig
+    from pipeline.data.sample import build_sample
+
+    cfg = cfg or DataConfig()
+    if Path(cfg.root).is_dir():
+        return False
+    print(f"{cfg.root}: no sample competition yet; building it (same as `make sample`)", flush=True)
+    build_sample(cfg, **build)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,8 +140,8 @@ class ReferenceStep:
 # Ours: the pipeline's step as `make train` builds it
 
 
-def our_params(precision: str | None = None, channels_last: bool | None = None):
-    """configs/pix2pix.yaml's network and training settings (the reports' U-Net-256 recipe)."""
+def our_config(precision: str | None = None, channels_last: bool | None = None):
+    """configs/pix2pix.yaml's settings (the reports' U-Net-256 recipe), parsed as the trainer does."""
     from pipeline.config import load_variant
 
     config = p2p.pix2pix_config(load_variant("pix2pix"))
@@ -135,25 +151,25 @@ def our_params(precision: str | None = None, channels_last: bool | None = None):
         hp.mixed_precision = precision
     if channels_last is not None:
         hp.channels_last = channels_last
-    return net, hp
+    return config
 
 
 def our_step(precision: str | None = None, channels_last: bool | None = None):
     """(Pix2PixStep, precision used) built the way pipeline.train builds it."""
-    from pipeline.train import Pix2PixStep, _accelerator, _mixed_precision
+    from pipeline.train import _accelerator, _mixed_precision
 
-    net, hp = our_params(precision, channels_last)
-    precision, note = _mixed_precision(hp.mixed_precision)
+    config = our_config(precision, channels_last)
+    precision, note = _mixed_precision(config.train.mixed_precision)
     if note:
         print(f"note: {note}")
     accelerator = _accelerator(precision)
-    G, D = p2p.build_generator(net), p2p.build_discriminator(net)
-    opt_g = torch.optim.Adam(G.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2), fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2), fused=True)
-    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
-    for model in (G, D):
+    nets = p2p.FAMILY.build(config)
+    optimizers = p2p.FAMILY.optimizers(config, nets)
+    prepared = accelerator.prepare(*nets.values(), *optimizers.values())
+    for model in prepared[:2]:
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    return Pix2PixStep(accelerator, hp, G, opt_g, D, opt_d), precision
+    nets, optimizers = dict(zip(nets, prepared[:2])), dict(zip(optimizers, prepared[2:]))
+    return p2p.FAMILY.step(config, accelerator, nets, optimizers), precision
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +230,6 @@ def loader_rate(workers: int, batch_size: int, batches: int) -> float:
 
 def short_run_rmse(precision: str, steps: int, seed: int) -> float:
     """Best validation RMSE of pix2pix-cpu after `steps` steps on the sample at `precision`."""
-    import os
-
     from pipeline.config import load_variant
     from pipeline.train import train
 
@@ -243,6 +257,8 @@ def main() -> None:
     parser.add_argument("--rmse-steps", type=int, default=120, help="steps of each short run")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 6)
+    os.chdir(REPO)  # the configs' data.root (data/sample) is relative to the repository
+    ensure_sample()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
@@ -250,7 +266,7 @@ def main() -> None:
     reference = ReferenceStep()
     ours, precision = our_step(args.precision, False if args.nchw else None)
     print(f"ours: configs/pix2pix.yaml's step: precision {precision}, "
-          f"{'channels_last' if ours.hp.channels_last else 'NCHW'} activations, fused Adam")
+          f"{'channels_last' if ours.channels_last else 'NCHW'} activations, fused Adam")
     rates = {}
     for batch_size in (1, 4):
         rates[batch_size] = time_steps({"reference": reference, "ours": ours}, batch_size, repeats)

@@ -41,21 +41,32 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_checkpoint(path: Path, hint: str = "") -> dict[str, Any]:
-    """The dict saved at `path` (tensors on the CPU); CheckpointError if missing or unreadable."""
+def read_checkpoint(path: Path, hint: str = "", named_by_user: bool = False) -> dict[str, Any]:
+    """The dict saved at `path` (tensors on the CPU); CheckpointError if missing or unreadable.
+
+    named_by_user: the person pointed at this file (CKPT=), so an unreadable one is not "ours to
+    delete": the message says what the file is not and that nothing was touched.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there. {hint}".strip())
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, garbage bytes, foreign pickle: all unreadable
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
+        if named_by_user:
+            raise CheckpointError(
+                f"{path}: not a checkpoint of this pipeline, or a damaged one ({why}); the file was left "
+                "as it is. Point to a best.pt or last.pt that `train` wrote (checkpoints/<variant>/)"
+            ) from exc
         raise CheckpointError(
-            f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "it is corrupt or not a checkpoint: delete it and train again, or point to another file"
+            f"{path}: cannot be read as a checkpoint ({why}); it is corrupt (a copy cut short?): "
+            "delete it and train again, or point to another file"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT or "config" not in state:
-        raise CheckpointError(f"{path}: not a checkpoint written by this pipeline ({FORMAT}); "
-                              "train one with `make train`")
+        raise CheckpointError(f"{path}: not a checkpoint written by this pipeline ({FORMAT})"
+                              + ("; the file was left as it is" if named_by_user else "")
+                              + "; train one with `make train`")
     return state
 
 

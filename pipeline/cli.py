@@ -11,7 +11,7 @@
     kaggle-scores pull Kaggle public scores into the leaderboard
     compare       write submissions/report.html (+ .png): table, RMSE chart, per class, gallery
     sd            run a sweep of variants (e.g. SD prompts): one submission + leaderboard row each
-    train         train a trainable variant (pix2pix): checkpoints/<variant>/, runs/<variant>/
+    train         train a trainable variant (pix2pix, pconv, glcic): checkpoints/<variant>/, runs/<variant>/
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ def cmd_submit(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from pipeline.config import CONFIG_DIR
     from pipeline.train import train
 
     variant = _variant(args)
@@ -150,7 +151,10 @@ def cmd_train(args) -> None:
     best = f"{result.best_val_rmse:.4f}" if result.best_val_rmse is not None else "n/a"
     print(f"{variant.name}: {result.steps} steps, {result.epochs_done} epochs in {result.seconds:.0f} s; "
           f"best validation RMSE {best} -> {result.best}; run state {result.last}; TensorBoard {result.run_dir}")
-    print(f"next: make submit VARIANT={variant.name}")
+    # VARIANT=<name> finds configs/<name>.yaml only; a YAML elsewhere is named by its path
+    shipped = variant.source is not None and variant.source.resolve() == (CONFIG_DIR / f"{variant.name}.yaml").resolve()
+    print(f"next: make submit VARIANT={variant.name if shipped else args.variant}"
+          + (f" DATA={args.data}" if args.data else ""))
 
 
 def cmd_sd(args) -> None:

@@ -1,4 +1,8 @@
-"""`python -m pipeline train`: the training loop of the trainable inpainters, on HF Accelerate.
+"""`python -m pipeline train`: one training loop for every trainable family, on HF Accelerate.
+
+A family (pix2pix, pconv, glcic: pipeline/inpainters/trainable.py says what one supplies) brings
+its networks, losses and the step on one batch; this module brings the rest: data, accelerate,
+precision, checkpoints, resume, TensorBoard, validation, the best checkpoint, progress.
 
 The same code runs on the CPU, one GPU, and several GPUs or nodes (`accelerate launch -m pipeline
 train ...`): Accelerate places the networks and batches, wraps them for data parallelism and
@@ -10,8 +14,9 @@ applies the config's mixed precision; files and logs are written by the main pro
     runs/<variant>/                 TensorBoard: losses, validation RMSE, image grids
 
 Every random draw comes from the seed: batch order from (seed, epoch), boxes and augmentation from
-(seed, epoch, index), dropout from the torch RNG saved in the checkpoint. A resumed run skips
-exactly the batches already done, so it ends with the weights an uninterrupted run would have.
+(seed, epoch, index), dropout from the torch RNG (seeded per process, saved in the checkpoint). A
+resumed run skips exactly the batches already done, so it ends with the weights an uninterrupted
+run would have.
 """
 
 from __future__ import annotations
@@ -22,25 +27,28 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from pipeline.checkpoint import (CheckpointError, check_same_config, load_state_dict, read_checkpoint,
                                  save_checkpoint)
 from pipeline.config import ConfigError, VariantConfig
-from pipeline.data.competition import load_competition
+from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
 from pipeline.data.dataset import AugmentConfig, BoxInpaintingDataset, to_image
-from pipeline.inpainters import pix2pix as p2p
+from pipeline.inpainters.base import inpainter_class
+from pipeline.inpainters.trainable import CHECKPOINT_DIR, Family, TrainableConfig, set_lr
 
 RUNS_DIR = Path("runs")
-TRAINABLE = ("pix2pix",)
+TRAINABLE = ("pix2pix", "pconv", "glcic")
 # params that may change between a run and its resumption; any other difference is another run
 RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "num_workers", "threads", "log_every",
                      "checkpoint_every", "val_every", "checkpoint", "tta_flip", "compile")
@@ -100,66 +108,26 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)  # each worker is one core's worth of work; OpenCV's pool would oversubscribe
 
 
-# ---------------------------------------------------------------------------------------------
-# One optimisation step: the body of the loop (and what benchmarks/train_step.py times)
+def check_training_images(records: list[ImageRecord], size: int, progress: bool = True) -> None:
+    """Decode every training and validation photo (threads: OpenCV releases the GIL) so that a
+    damaged file stops the run here, naming it, and not in the first batch of a loader worker."""
+    def problem(record: ImageRecord) -> str | None:
+        try:
+            read_image(record.path, size)
+        except CompetitionError as exc:
+            return str(exc)
+        return None
 
-
-class Pix2PixStep:
-    """One step of the configured objective on a batch, through `accelerator` (precision, DDP).
-
-    The batch is the loader's dict on the device: masked_image (the hole already filled), mask
-    and target, float NCHW. Returns the step's losses (0-dim tensors) by TensorBoard tag.
-    """
-
-    def __init__(self, accelerator, hp: p2p.TrainParams, generator, opt_g, discriminator=None, opt_d=None):
-        self.accelerator, self.hp = accelerator, hp
-        self.generator, self.opt_g = generator, opt_g
-        self.discriminator, self.opt_d = discriminator, opt_d
-        # G's adversarial term goes through the bare module: no DDP hooks, no gradients for D
-        self.plain_d = accelerator.unwrap_model(discriminator) if discriminator is not None else None
-
-    def set_lr(self, lr: float) -> None:
-        for optimizer in (self.opt_g, self.opt_d):
-            for group in optimizer.param_groups if optimizer is not None else ():
-                group["lr"] = lr
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        acc, hp = self.accelerator, self.hp
-        filled, mask, target = batch["masked_image"], batch["mask"], batch["target"]
-        if hp.channels_last:  # activations follow the input's layout; weights stay contiguous for the fused step
-            filled, mask, target = (t.contiguous(memory_format=torch.channels_last) for t in (filled, mask, target))
-        g_input = p2p.generator_input(filled, mask)
-        with acc.autocast():
-            prediction = self.generator(g_input, filled)
-        if self.discriminator is None:  # l1 / l2: reconstruction of the box pixels only
-            loss_g = p2p.box_loss(prediction, target, mask, hp.objective)
-            logs = {f"loss/box_{hp.objective}": loss_g}
-        else:
-            # the pipeline keeps only box pixels, so D judges the photo with generated boxes pasted in
-            composited = prediction * mask + target * (1 - mask)
-            with acc.no_sync(self.discriminator):  # summed locally, synced by the second backward
-                with acc.autocast():
-                    real_logits = self.discriminator(torch.cat([g_input, target], dim=1))
-                acc.backward(0.5 * p2p.gan_loss(real_logits, True, hp.gan_loss))
-            with acc.autocast():
-                fake_logits = self.discriminator(torch.cat([g_input, composited.detach()], dim=1))
-            loss_fake = p2p.gan_loss(fake_logits, False, hp.gan_loss)
-            acc.backward(0.5 * loss_fake)
-            self.opt_d.step()
-            self.opt_d.zero_grad(set_to_none=True)
-
-            self.plain_d.requires_grad_(False)  # the graph below then holds no D weight gradients
-            with acc.autocast():
-                adv_logits = self.plain_d(torch.cat([g_input, composited], dim=1))
-            self.plain_d.requires_grad_(True)
-            loss_adv = p2p.gan_loss(adv_logits, True, hp.gan_loss)
-            loss_l1 = p2p.box_loss(prediction, target, mask, "l1")
-            loss_g = loss_adv + hp.lambda_l1 * loss_l1
-            logs = {"loss/d_fake": loss_fake, "loss/g_adv": loss_adv, "loss/box_l1": loss_l1}
-        acc.backward(loss_g)
-        self.opt_g.step()
-        self.opt_g.zero_grad(set_to_none=True)
-        return logs
+    local_main = os.environ.get("LOCAL_RANK", "0") == "0"
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        problems = [p for p in tqdm(pool.map(problem, records), total=len(records), desc="decode check",
+                                    unit="img", disable=not (progress and local_main), leave=False) if p]
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise CompetitionError(
+            f"{len(problems)} training image(s) cannot be decoded (truncated or damaged):\n  {shown}\n"
+            "Replace them (download the competition again) or delete them, then train again; "
+            "no checkpoint or log was touched")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +163,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def validate(generator, loader, accelerator, grid_images: int = 0) -> tuple[float, np.ndarray | None]:
+def validate(family: Family, generator, loader, accelerator, grid_images: int = 0) -> tuple[float, np.ndarray | None]:
     """(RMSE on the 0..1 scale over all box pixels, uint8 grid image or None).
 
     Runs in fp32 and eval mode, so it matches what `submit` scores from best.pt.
@@ -204,7 +172,7 @@ def validate(generator, loader, accelerator, grid_images: int = 0) -> tuple[floa
     sse, count, grid_rows = [], [], []
     for batch in loader:
         filled, mask, target = batch["masked_image"], batch["mask"], batch["target"]
-        prediction = generator(p2p.generator_input(filled, mask), filled)
+        prediction = family.generate(generator, filled, mask)
         composited = torch.where(mask.bool(), prediction.float(), target)
         diff = (to_image(composited).astype(np.float64) - to_image(target).astype(np.float64))
         per_image = torch.tensor(np.square(diff).sum(axis=(1, 2, 3)), device=mask.device)
@@ -222,6 +190,7 @@ def validate(generator, loader, accelerator, grid_images: int = 0) -> tuple[floa
 
 
 # ---------------------------------------------------------------------------------------------
+# Small pieces of the setup
 
 
 def lr_factor(step: int, total_steps: int, decay: float) -> float:
@@ -248,12 +217,6 @@ def _any(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
 
 
-def _checkpoint_config(variant: VariantConfig, params: dict[str, Any]) -> dict[str, Any]:
-    config = variant.to_dict()
-    config["params"] = params
-    return config
-
-
 def _mixed_precision(requested: str) -> tuple[str, str | None]:
     """The precision this machine can run, and a note when it differs from the config's."""
     if requested == "fp16" and not torch.cuda.is_available():
@@ -278,6 +241,224 @@ def _accelerator(precision: str):
     return Accelerator(mixed_precision=precision, cpu=cpu)
 
 
+def trainable_family(variant: VariantConfig) -> Family:
+    if variant.method not in TRAINABLE:
+        raise ConfigError(f"{variant.source or variant.name}: method {variant.method!r} is not trainable; "
+                          f"trainable methods: {', '.join(TRAINABLE)}")
+    return inpainter_class(variant).family
+
+
+def with_overrides(variant: VariantConfig, **overrides: int | None) -> VariantConfig:
+    """`variant` with the command line's --epochs / --max-steps / --workers over its params;
+    a bad value is an error naming the argument, not the YAML file."""
+    minimum = {"epochs": 1, "max_steps": 1, "num_workers": 0}
+    for key, value in overrides.items():
+        if value is not None and value < minimum[key]:
+            flag = "--workers" if key == "num_workers" else f"--{key.replace('_', '-')}"
+            raise ConfigError(f"{flag} {value}: must be at least {minimum[key]} (it overrides params.{key} "
+                              f"of {variant.source or variant.name} for this run)")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(variant, params={**variant.params, **given})
+
+
+@dataclass
+class Run:
+    """One training run: its config, its files, its networks and where it stands."""
+
+    variant: VariantConfig
+    family: Family
+    config: TrainableConfig
+    params: dict[str, Any]  # every param, defaults filled in: what checkpoints store
+    last_path: Path
+    best_path: Path
+    run_dir: Path
+    state: dict[str, Any] | None = None  # last.pt when resuming
+    accelerator: Any = None
+    nets: dict[str, nn.Module] = field(default_factory=dict)
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0  # batches of `epoch` already trained on
+    best_rmse: float = math.inf
+    last_rmse: float | None = None
+
+    @property
+    def hp(self):
+        return self.config.train
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def checkpoint(self, full: bool) -> dict[str, Any] | None:
+        """best.pt holds the generator; last.pt everything a resumed run needs (None off the main process)."""
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        rngs = gather_object([rng_state()]) if full else None  # every process's dropout stream
+        if not self.main:
+            return None
+        config = self.variant.to_dict()
+        config["params"] = self.params
+        out = {"config": config, "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+               "last_val_rmse": self.last_rmse, "best_val_rmse": None if math.isinf(self.best_rmse) else self.best_rmse}
+        for name, net in self.nets.items() if full else [("generator", self.nets["generator"])]:
+            out[name] = acc.unwrap_model(net, keep_torch_compile=False).state_dict()
+        if full:
+            out.update({key: opt.state_dict() for key, opt in self.optimizers.items()})
+            out.update(rng=rngs, scaler=acc.scaler.state_dict() if acc.scaler else None)
+        return out
+
+    def save(self, path: Path, full: bool) -> None:
+        checkpoint = self.checkpoint(full)  # every process takes part (it gathers the RNG states)
+        if checkpoint is not None:
+            save_checkpoint(path, checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------
+# The setup, step by step
+
+
+def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
+    """Check everything about the config and the checkpoints before a single file is touched."""
+    if resume and restart:
+        raise ConfigError("--resume continues the last run, --restart replaces it: pass one of them")
+    family = trainable_family(variant)
+    config = family.config(variant)
+    params = config.params()
+    ckpt_dir = CHECKPOINT_DIR / variant.name
+    run = Run(variant, family, config, params, ckpt_dir / "last.pt", ckpt_dir / "best.pt", RUNS_DIR / variant.name)
+    if resume:
+        run.state = read_checkpoint(run.last_path, hint="Nothing to resume: train without --resume first.")
+        resumable = [k for k in params if k not in RESUMABLE_CHANGES]
+        check_same_config(run.last_path, run.state, variant, params, resumable, "training setup")
+    elif run.last_path.exists() and not restart:
+        raise CheckpointError(f"{run.last_path} exists from an earlier run: pass --resume (make train RESUME=1) "
+                              "to continue it, or --restart (make train RESTART=1) to replace it")
+    return run
+
+
+def load_data(run: Run, progress: bool) -> Competition:
+    """The competition's manifest, with every training photo decoded once (a damaged one stops here)."""
+    competition = load_competition(run.variant.data)
+    if not competition.val:
+        raise ConfigError(f"{run.variant.source or run.variant.name}: data.val_count is 0; training needs the "
+                          "validation split to choose best.pt")
+    if len(competition.train) < run.hp.train_batch_size:
+        raise ConfigError(f"{competition.root}: {len(competition.train)} training images, fewer than "
+                          f"params.train_batch_size={run.hp.train_batch_size}")
+    check_training_images(competition.train + competition.val, run.variant.data.image_size, progress)
+    return competition
+
+
+def start_accelerator(run: Run) -> str:
+    """Accelerate with the precision this machine can run; threads; returns the precision."""
+    precision, note = _mixed_precision(run.hp.mixed_precision)
+    run.accelerator = _accelerator(precision)
+    if note and run.main:
+        print(f"note: {note}")
+    if run.accelerator.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", run.accelerator.num_processes))
+        torch.set_num_threads(cpu_threads(run.hp.threads, run.hp.num_workers, local))
+    torch.backends.cudnn.benchmark = True
+    return precision
+
+
+def build_loaders(run: Run, competition: Competition) -> tuple[DataLoader, DataLoader, int]:
+    """(training loader, validation loader, training images): the family's hole fill runs in the workers."""
+    hp, data = run.hp, run.variant.data
+    fill = run.family.hole_fill(run.config)
+    augment = AugmentConfig(jitter=hp.jitter, flip=hp.flip, colour=hp.colour, jpeg=hp.jpeg,
+                            jpeg_quality=(hp.jpeg_quality_low, hp.jpeg_quality_high))
+    train_set = BoxInpaintingDataset(competition.train, data, augment, fill, seed=hp.seed)
+    workers = hp.num_workers
+    loader = DataLoader(
+        EpochDataset(train_set), batch_size=hp.train_batch_size, sampler=EpochSampler(len(train_set), hp.seed),
+        drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_worker_init, prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(hp.seed),  # keeps the loader's seed draw off the global RNG
+    )
+    val_set = BoxInpaintingDataset(competition.val, data, None, fill)
+    val_loader = DataLoader(val_set, batch_size=run.variant.batch_size, num_workers=min(workers, 1),
+                            generator=torch.Generator().manual_seed(hp.seed))
+    return loader, val_loader, len(train_set)
+
+
+def build_networks(run: Run) -> None:
+    """The family's networks and optimizers, the same on every process (seeded alike)."""
+    from accelerate.utils import set_seed
+
+    set_seed(run.hp.seed)
+    run.nets = run.family.build(run.config)
+    run.optimizers = run.family.optimizers(run.config, run.nets)
+
+
+def restore(run: Run) -> None:
+    """Weights, optimizer states and position from last.pt (before accelerate wraps anything)."""
+    state, path = run.state, run.last_path
+    for key, target in [*run.nets.items(), *run.optimizers.items()]:
+        if key not in state:
+            raise CheckpointError(f"{path}: has no {key}; it comes from another model or objective")
+        if isinstance(target, nn.Module):
+            load_state_dict(path, target, state[key], key)
+        else:
+            target.load_state_dict(state[key])
+    run.step, run.epoch, run.batches_done = state["step"], state["epoch"], state["batches_done"]
+    run.best_rmse = state["best_val_rmse"] if state["best_val_rmse"] is not None else math.inf
+    run.last_rmse = state["last_val_rmse"]
+
+
+def prepare(run: Run, loader: DataLoader, val_loader: DataLoader) -> tuple[DataLoader, DataLoader]:
+    """Accelerate wraps networks, optimizers and loaders; returns the prepared loaders."""
+    acc = run.accelerator
+    names, keys = list(run.nets), list(run.optimizers)
+    prepared = acc.prepare(*run.nets.values(), *run.optimizers.values(), loader, val_loader)
+    run.nets = dict(zip(names, prepared[:len(names)]))
+    run.optimizers = dict(zip(keys, prepared[len(names):len(names) + len(keys)]))
+    # prepare() autocasts every forward; undo that so the step's autocast blocks are the only ones
+    # and validation runs in fp32 like `submit`
+    for net in run.nets.values():
+        acc.unwrap_model(net, keep_fp32_wrapper=False)
+    if run.hp.compile:  # after DDP wrapping, as torch.compile wants it
+        run.nets = {name: torch.compile(net) for name, net in run.nets.items()}
+    return prepared[-2], prepared[-1]
+
+
+def seed_processes(run: Run) -> None:
+    """Dropout draws: each process its own stream (a resumed run: the streams it saved)."""
+    from accelerate.utils import set_seed
+
+    acc = run.accelerator
+    set_seed(run.hp.seed, device_specific=True)  # seed + process index
+    if run.state is None:
+        return
+    if acc.scaler is not None and run.state.get("scaler"):
+        acc.scaler.load_state_dict(run.state["scaler"])
+    rngs = run.state["rng"]
+    if len(rngs) == acc.num_processes:
+        set_rng_state(rngs[acc.process_index])
+    elif run.main:
+        print(f"note: {run.last_path} was saved by {len(rngs)} process(es), this run has "
+              f"{acc.num_processes}: dropout draws restart from the seed")
+
+
+def open_logs(run: Run, restart: bool):
+    """The TensorBoard writer (main process only), after a restart has removed the old run's files."""
+    if not run.main:
+        return None
+    if restart:
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        for path in (run.last_path, run.best_path):
+            path.unlink(missing_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step drops what a killed run logged after its last checkpoint
+    return SummaryWriter(str(run.run_dir), purge_step=run.step if run.state is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def train(
     variant: VariantConfig,
     resume: bool = False,
@@ -293,211 +474,99 @@ def train(
     checkpoints and TensorBoard folder. Neither, with a last.pt present: CheckpointError.
     epochs / max_steps / num_workers override the variant's params for this run.
     """
-    from accelerate.utils import gather_object, set_seed
-
-    if resume and restart:
-        raise ConfigError("--resume continues the last run, --restart replaces it: pass one of them")
-    if variant.method not in TRAINABLE:
-        raise ConfigError(f"{variant.source or variant.name}: method {variant.method!r} is not trainable; "
-                          f"trainable methods: {', '.join(TRAINABLE)}")
-    overrides = {"epochs": epochs, "max_steps": max_steps, "num_workers": num_workers}
-    variant = dataclasses.replace(variant, params={**variant.params, **{k: v for k, v in overrides.items() if v is not None}})
-    config = p2p.pix2pix_config(variant)
-    net, hp = config.network, config.train
-    params = p2p.resolved_params(config)
-    ckpt_dir = p2p.CHECKPOINT_DIR / variant.name
-    last_path, best_path, run_dir = ckpt_dir / "last.pt", ckpt_dir / "best.pt", RUNS_DIR / variant.name
-
-    # --- check everything that can be wrong before a single file is touched
-    state = None
-    if resume:
-        state = read_checkpoint(last_path, hint="Nothing to resume: train without --resume first.")
-        resumable = [k for k in params if k not in RESUMABLE_CHANGES]
-        check_same_config(last_path, state, variant, params, resumable, "training setup")
-    elif last_path.exists() and not restart:
-        raise CheckpointError(f"{last_path} exists from an earlier run: pass --resume (make train RESUME=1) "
-                              "to continue it, or --restart (make train RESTART=1) to replace it")
-    competition = load_competition(variant.data)
-    if not competition.val:
-        raise ConfigError(f"{variant.source or variant.name}: data.val_count is 0; training needs the "
-                          "validation split to choose best.pt")
-    if len(competition.train) < hp.train_batch_size:
-        raise ConfigError(f"{competition.root}: {len(competition.train)} training images, fewer than "
-                          f"params.train_batch_size={hp.train_batch_size}")
-
-    precision, note = _mixed_precision(hp.mixed_precision)
-    accelerator = _accelerator(precision)
-    main = accelerator.is_main_process
-    if note and main:
-        print(f"note: {note}")
-    set_seed(hp.seed)
-    if accelerator.device.type == "cpu":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        torch.set_num_threads(cpu_threads(hp.threads, hp.num_workers, local))
-    torch.backends.cudnn.benchmark = True
-
-    # --- data
-    fill = p2p.HoleFill(net.hole_init)
-    augment = AugmentConfig(jitter=hp.jitter, flip=hp.flip, colour=hp.colour, jpeg=hp.jpeg,
-                            jpeg_quality=(hp.jpeg_quality_low, hp.jpeg_quality_high))
-    train_set = BoxInpaintingDataset(competition.train, variant.data, augment, fill, seed=hp.seed)
-    sampler = EpochSampler(len(train_set), hp.seed)
-    workers = hp.num_workers
-    loader = DataLoader(
-        EpochDataset(train_set), batch_size=hp.train_batch_size, sampler=sampler, drop_last=True,
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-        worker_init_fn=_worker_init, prefetch_factor=4 if workers else None,
-        generator=torch.Generator().manual_seed(hp.seed),  # keeps the loader's seed draw off the global RNG
-    )
-    val_set = BoxInpaintingDataset(competition.val, variant.data, None, fill)
-    val_loader = DataLoader(val_set, batch_size=variant.batch_size, num_workers=min(workers, 1),
-                            generator=torch.Generator().manual_seed(hp.seed))
-
-    # --- networks and optimisers
-    generator = p2p.build_generator(net)
-    gan = hp.objective == "gan"
-    discriminator = p2p.build_discriminator(net) if gan else None
-    adam = dict(lr=hp.lr, betas=(hp.beta1, hp.beta2), fused=True)  # one pass over the weights, not six
-    opt_g = torch.optim.Adam(generator.parameters(), **adam)
-    opt_d = torch.optim.Adam(discriminator.parameters(), **adam) if gan else None
-    step, epoch, batches_done, best_rmse, last_rmse = 0, 0, 0, math.inf, None
-    if state is not None:
-        load_state_dict(last_path, generator, state["generator"], "generator")
-        opt_g.load_state_dict(state["opt_g"])
-        if gan:
-            load_state_dict(last_path, discriminator, state["discriminator"], "discriminator")
-            opt_d.load_state_dict(state["opt_d"])
-        step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
-        best_rmse = state["best_val_rmse"] if state["best_val_rmse"] is not None else math.inf
-        last_rmse = state["last_val_rmse"]
-    if gan:
-        generator, discriminator, opt_g, opt_d, loader, val_loader = accelerator.prepare(
-            generator, discriminator, opt_g, opt_d, loader, val_loader)
-    else:
-        generator, opt_g, loader, val_loader = accelerator.prepare(generator, opt_g, loader, val_loader)
-    # prepare() autocasts every forward; undo that so the loop's autocast blocks are the only ones
-    # and validation runs in fp32 like `submit`
-    for model in (generator, discriminator) if gan else (generator,):
-        accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if hp.compile:  # after DDP wrapping, as torch.compile wants it
-        generator = torch.compile(generator)
-        discriminator = torch.compile(discriminator) if gan else None
-    step_fn = Pix2PixStep(accelerator, hp, generator, opt_g, discriminator, opt_d)
-    if state is not None:
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        if len(rngs) == accelerator.num_processes:
-            set_rng_state(rngs[accelerator.process_index])
-        elif main:
-            print(f"note: {last_path} was saved by {len(rngs)} process(es), this run has "
-                  f"{accelerator.num_processes}: dropout draws restart from the seed")
+    variant = with_overrides(variant, epochs=epochs, max_steps=max_steps, num_workers=num_workers)
+    run = plan(variant, resume, restart)
+    competition = load_data(run, progress)
+    precision = start_accelerator(run)
+    loader, val_loader, images = build_loaders(run, competition)
+    build_networks(run)
+    if run.state is not None:
+        restore(run)
+    loader, val_loader = prepare(run, loader, val_loader)
+    step_fn = run.family.step(run.config, run.accelerator, run.nets, run.optimizers)
+    seed_processes(run)
+    writer = open_logs(run, restart)
+    acc, hp, main = run.accelerator, run.hp, run.main
 
     steps_per_epoch = len(loader)
-    total_steps = hp.epochs * steps_per_epoch
-    if hp.max_steps:
-        total_steps = min(total_steps, hp.max_steps)
-
-    def save(path: Path, full: bool) -> None:
-        """best.pt holds the generator; last.pt everything a resumed run needs."""
-        rngs = gather_object([rng_state()]) if full else None  # every process's dropout stream
-        if not main:
-            return
-        checkpoint = {"config": _checkpoint_config(variant, params), "step": step, "epoch": epoch,
-                      "batches_done": batches_done, "last_val_rmse": last_rmse,
-                      "best_val_rmse": None if math.isinf(best_rmse) else best_rmse,
-                      "generator": accelerator.unwrap_model(generator, keep_torch_compile=False).state_dict()}
-        if full:
-            checkpoint.update(opt_g=opt_g.state_dict(), rng=rngs,
-                              scaler=accelerator.scaler.state_dict() if accelerator.scaler else None)
-            if gan:
-                checkpoint.update(discriminator=accelerator.unwrap_model(discriminator, keep_torch_compile=False).state_dict(),
-                                  opt_d=opt_d.state_dict())
-        save_checkpoint(path, checkpoint)
-
-    writer = None
+    schedule_steps = hp.epochs * steps_per_epoch  # the learning rate follows the epochs ...
+    total_steps = min(schedule_steps, hp.max_steps) if hp.max_steps else schedule_steps  # ... max_steps only stops early
     if main:
-        if restart:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            for path in (last_path, best_path):
-                path.unlink(missing_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step drops what a killed run logged after its last checkpoint
-        writer = SummaryWriter(str(run_dir), purge_step=step if state is not None else None)
-        print(f"training {variant.name}: {len(train_set)} images, {steps_per_epoch} steps/epoch x "
-              f"{hp.epochs} epochs" + (f" (max {hp.max_steps} steps)" if hp.max_steps else "")
-              + f", {accelerator.num_processes} process(es) on {accelerator.device}, precision {precision}"
-              + (f", resuming at step {step}" if state is not None else ""))
+        print(f"training {variant.name} ({variant.method}): {images} images, {steps_per_epoch} steps/epoch x "
+              f"{hp.epochs} epochs" + (f" (stopping at step {total_steps})" if total_steps < schedule_steps else "")
+              + f", {acc.num_processes} process(es) on {acc.device}, precision {precision}"
+              + (f", resuming at step {run.step}" if run.state is not None else ""))
 
     def run_validation() -> None:
-        nonlocal best_rmse, last_rmse
-        last_rmse, grid = validate(generator, val_loader, accelerator, GRID_IMAGES if main else 0)
+        run.last_rmse, grid = validate(run.family, run.nets["generator"], val_loader, acc, GRID_IMAGES if main else 0)
         if main:
-            writer.add_scalar("val/rmse", last_rmse, step)
+            writer.add_scalar("val/rmse", run.last_rmse, run.step)
             if grid is not None:
-                writer.add_image("val/masked|fill|prediction|truth", grid, step, dataformats="HWC")
-        if last_rmse < best_rmse:
-            best_rmse = last_rmse
-            save(best_path, full=False)
+                writer.add_image("val/masked|fill|prediction|truth", grid, run.step, dataformats="HWC")
+        if run.last_rmse < run.best_rmse:
+            run.best_rmse = run.last_rmse
+            run.save(run.best_path, full=False)
+
+    def log(logs: dict[str, torch.Tensor], lr: float, images_per_s: float) -> None:
+        values = {k: acc.reduce(v.detach().float(), "mean").item() for k, v in logs.items()}
+        if main:
+            for key, value in values.items():
+                writer.add_scalar(key, value, run.step)
+            writer.add_scalar("time/images_per_s", images_per_s, run.step)
+            writer.add_scalar("lr", lr, run.step)
+            bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in values.items()}
+                            | ({"val": f"{run.last_rmse:.4f}"} if run.last_rmse is not None else {}))
 
     # --- the loop
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {variant.name}", unit="step",
-               disable=not (progress and accelerator.is_local_main_process))
+    bar = tqdm(total=total_steps, initial=run.step, desc=f"train {variant.name}", unit="step",
+               disable=not (progress and acc.is_local_main_process))
     window_start, window_images = time.perf_counter(), 0
-    validated_at = step if state is not None else -1
+    validated_at = run.step if run.state is not None else -1
     out_of_time = False
-    while step < total_steps:
-        loader.set_epoch(epoch)  # the prepared loader hands the epoch to our sampler
-        batches = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
-        if batches_done:
-            batches.set_epoch(epoch)
+    while run.step < total_steps:
+        loader.set_epoch(run.epoch)  # the prepared loader hands the epoch to our sampler
+        batches = acc.skip_first_batches(loader, run.batches_done) if run.batches_done else loader
+        if run.batches_done:
+            batches.set_epoch(run.epoch)
         for batch in batches:
-            lr = hp.lr * lr_factor(step, total_steps, hp.lr_decay)  # from the step alone: resumes exactly
-            step_fn.set_lr(lr)
-            logs = step_fn(batch)
+            lr = hp.lr * lr_factor(run.step, schedule_steps, hp.lr_decay)  # from the step alone: resumes exactly
+            set_lr(run.optimizers, lr)
+            logs = step_fn(batch, run.epoch)
 
-            step += 1
-            batches_done += 1
-            window_images += batch["target"].shape[0] * accelerator.num_processes
+            run.step += 1
+            run.batches_done += 1
+            window_images += batch["target"].shape[0] * acc.num_processes
             bar.update(1)
-            if step % hp.log_every == 0 or step == total_steps:
-                values = {k: accelerator.reduce(v.detach().float(), "mean").item() for k, v in logs.items()}
-                if main:
-                    elapsed = time.perf_counter() - window_start
-                    for key, value in values.items():
-                        writer.add_scalar(key, value, step)
-                    writer.add_scalar("time/images_per_s", window_images / elapsed, step)
-                    writer.add_scalar("lr", lr, step)
-                    bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in values.items()}
-                                    | ({"val": f"{last_rmse:.4f}"} if last_rmse is not None else {}))
+            if run.step % hp.log_every == 0 or run.step == total_steps:
+                log(logs, lr, window_images / (time.perf_counter() - window_start))
                 window_start, window_images = time.perf_counter(), 0
-            if hp.max_minutes and not out_of_time and time.perf_counter() - started > 60 * hp.max_minutes:
-                out_of_time = True  # checked on every process alike below, so all stop at the same step
-            if step >= total_steps or (hp.max_minutes and _any(accelerator, out_of_time)):
+            if hp.max_minutes:  # one decision for all: any process out of time stops every process here
+                out_of_time = _any(acc, time.perf_counter() - started > 60 * hp.max_minutes)
+            if run.step >= total_steps or out_of_time:
                 break
-            if step % hp.checkpoint_every == 0:
-                save(last_path, full=True)
+            if run.step % hp.checkpoint_every == 0:
+                run.save(run.last_path, full=True)
         if out_of_time:
             if main:
-                tqdm.write(f"stopping at step {step}: params.max_minutes={hp.max_minutes} reached")
+                tqdm.write(f"stopping at step {run.step}: params.max_minutes={hp.max_minutes} reached")
             break
-        if batches_done == steps_per_epoch:  # a whole epoch: validate, then move the position on
-            if (epoch + 1) % hp.val_every == 0 or step >= total_steps:
+        if run.batches_done == steps_per_epoch:  # a whole epoch: validate, then move the position on
+            if (run.epoch + 1) % hp.val_every == 0 or run.step >= total_steps:
                 run_validation()
-                validated_at = step
-            epoch, batches_done = epoch + 1, 0
-            save(last_path, full=True)
-    if validated_at != step:  # stopped mid-epoch (max_steps): score where it stopped
+                validated_at = run.step
+            run.epoch, run.batches_done = run.epoch + 1, 0
+            run.save(run.last_path, full=True)
+    if validated_at != run.step:  # stopped mid-epoch (max_steps, max_minutes): score where it stopped
         run_validation()
-        save(last_path, full=True)
+        run.save(run.last_path, full=True)
     bar.close()
-    accelerator.wait_for_everyone()
+    acc.wait_for_everyone()
     if main:
-        writer.add_hparams({k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))},
-                           {"hparam/best_val_rmse": best_rmse}, run_name=".")
+        writer.add_hparams({k: v for k, v in run.params.items() if isinstance(v, (int, float, str, bool))},
+                           {"hparam/best_val_rmse": run.best_rmse}, run_name=".")
         writer.close()
-    accelerator.end_training()
-    return TrainResult(step, epoch, None if math.isinf(best_rmse) else best_rmse, last_rmse,
-                       time.perf_counter() - started, best_path, last_path, run_dir, main)
+    acc.end_training()
+    best = None if math.isinf(run.best_rmse) else run.best_rmse
+    return TrainResult(run.step, run.epoch, best, run.last_rmse, time.perf_counter() - started,
+                       run.best_path, run.last_path, run.run_dir, main)

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, load_variant, variant_from_dict
-from pipeline.inpainters.base import InpaintBatch, build_inpainter
+from pipeline.config import ConfigError, load_sweep, load_variant, variant_from_dict
+from pipeline.inpainters.base import InpaintBatch, build_inpainter, check_params
 
 
 def test_data_override_drops_the_configs_own_truth():
@@ -36,10 +36,25 @@ def test_bad_configs_name_the_key(raw, message):
         build_inpainter(variant_from_dict(raw))
 
 
-def test_every_shipped_config_loads():
-    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
-        if path.name != "sd-prompts.yaml":  # a sweep, loaded by its own test
-            assert load_variant(path).name == path.stem
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_parses_with_its_methods_parser(path):
+    """A typo in any configs/*.yaml (an unknown or mistyped param, a bad choice) fails make test."""
+    variants = load_sweep(path) if path.name == "sd-prompts.yaml" else [load_variant(path)]
+    for variant in variants:
+        if path.name != "sd-prompts.yaml":
+            assert variant.name == path.stem
+        check_params(variant)
+
+
+def test_a_typo_in_a_config_is_caught_by_its_parser(tmp_path):
+    for method, typo in (("telea", "radios"), ("pix2pix", "lamda_l1"), ("sd", "gudance_scale")):
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(f"method: {method}\nparams: {{{typo}: 1}}\n")
+        with pytest.raises(ConfigError, match=typo):
+            check_params(load_variant(path))
 
 
 def test_mean_fill_of_a_fully_masked_image_is_grey():

@@ -93,14 +93,38 @@ def test_hole_fills_fill_only_the_hole():
     assert p2p.HoleFill("telea")(masked, mask)[mask].std() > 0  # a gradient, not a constant
 
 
+class FillPlusRamp(torch.nn.Module):
+    """A stand-in generator whose output is known: the fill plus a left-to-right ramp -1..1."""
+
+    def forward(self, x, fill):
+        ramp = torch.linspace(-1, 1, fill.shape[-1]).expand_as(fill)
+        return fill + ramp
+
+
 def test_flip_tta_averages_the_mirrored_prediction():
-    torch.manual_seed(0)
-    g = p2p.UNetGenerator(ngf=8, depth=4, norm="instance", dropout=False)
-    plain = p2p.Pix2PixInpainter(g, "telea", tta_flip=False, device=torch.device("cpu"))
-    tta = p2p.Pix2PixInpainter(g, "telea", tta_flip=True, device=torch.device("cpu"))
-    fill = torch.rand(1, 3, 64, 64) * 2 - 1
-    mask = torch.zeros(1, 1, 64, 64)
-    mask[..., 10:30, 5:25] = 1
-    expected = (plain.predict(fill, mask) + plain.predict(fill.flip(-1), mask.flip(-1)).flip(-1)) / 2
-    assert torch.allclose(tta.predict(fill, mask), expected, atol=1e-6)
-    assert not torch.allclose(tta.predict(fill, mask), plain.predict(fill, mask), atol=1e-4)
+    # flipping the input mirrors the fill but not the ramp; flipping the output back mirrors the
+    # ramp, so the average of the two keeps the fill and cancels the ramp: exactly the fill
+    config = p2p.pix2pix_config(_variant(hole_init="telea"))
+    fill = torch.rand(2, 3, 16, 20) * 2 - 1
+    mask = torch.zeros(2, 1, 16, 20)
+    plain = p2p.Pix2PixInpainter(FillPlusRamp(), config, device=torch.device("cpu"))
+    config.inference.tta_flip = True
+    tta = p2p.Pix2PixInpainter(FillPlusRamp(), config, device=torch.device("cpu"))
+    assert torch.allclose(plain.predict(fill, mask), fill + torch.linspace(-1, 1, 20), atol=1e-6)
+    assert torch.allclose(tta.predict(fill, mask), fill, atol=1e-6)
+
+
+def test_under_several_processes_each_model_goes_to_its_process_device(monkeypatch):
+    # accelerate launch / torchrun set WORLD_SIZE; the device is the one accelerate gives the
+    # process (cuda:<local rank>), not "cuda" for all: a stand-in state hands out a marked device
+    import accelerate
+
+    class ProcessState:
+        device = torch.device("meta")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", ProcessState)
+    config = p2p.pix2pix_config(_variant(ngf=8, depth=4))
+    inpainter = p2p.Pix2PixInpainter(p2p.FAMILY.build_generator(config), config)
+    assert inpainter.device == torch.device("meta")
+    assert next(inpainter.generator.parameters()).device == torch.device("meta")

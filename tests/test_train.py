@@ -20,11 +20,11 @@ import yaml
 from pipeline.checkpoint import CheckpointError, read_checkpoint
 from pipeline.cli import main as cli
 from pipeline.config import load_variant
-from pipeline.data.competition import CompetitionError
+from pipeline.data.competition import CompetitionError, load_competition
 from pipeline.leaderboard import Leaderboard
 from pipeline.train import train
 
-from tests.conftest import REPO
+from tests.conftest import REPO, small_data_config
 
 TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_init="telea", objective="gan",
             gan_loss="lsgan", train_batch_size=4, epochs=2, lr=0.001, mixed_precision="bf16",
@@ -145,12 +145,61 @@ def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(work
     assert resumed["best_val_rmse"] == reference["best_val_rmse"]
 
 
-def test_l2_objective_trains_the_generator_alone(workspace):
-    variant = load_variant(write_variant(workspace, "l2", objective="l2"))
-    result = train(variant, max_steps=3, progress=False)
-    last = read_checkpoint(result.last)
-    assert result.steps == 3 and "discriminator" not in last and "opt_d" not in last
+def test_l2_objective_trains_the_generator_alone_and_max_steps_keeps_the_schedule(workspace, capsys):
+    write_variant(workspace, "l2", objective="l2", log_every=1, lr_decay=0.5)
+    assert cli(["train", "--variant", "l2.yaml", "--max-steps", "3"]) == 0
+    last = read_checkpoint(workspace / "checkpoints/l2/last.pt")
+    assert last["step"] == 3 and "discriminator" not in last and "opt_d" not in last
     assert _scalars(workspace / "runs/l2", "loss/box_l2")
+    # the schedule spans the 2 epochs (20 steps, decay over the last 10): stopping at step 3 is
+    # early, so the learning rate never left its starting value
+    assert [(step, pytest.approx(lr)) for step, lr in _scalars(workspace / "runs/l2", "lr")] == [
+        (1, 0.001), (2, 0.001), (3, 0.001)]
+    # the printed next step names a variant that `submit` finds: this YAML is not in configs/
+    out = capsys.readouterr().out
+    shown = out.split("next: make submit VARIANT=")[1].split()[0]
+    assert shown == "l2.yaml" and load_variant(shown).name == "l2"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--max-steps", "-5"], ["--max-steps -5", "at least 1"]),
+    (["--epochs", "0"], ["--epochs 0", "at least 1"]),
+    (["--workers", "-1"], ["--workers -1", "at least 0"]),
+])
+def test_bad_command_line_overrides_name_the_argument(workspace, capsys, argv, words):
+    write_variant(workspace, "args")
+    assert cli(["train", "--variant", "args.yaml", *argv]) == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+    assert not err.startswith("error: args.yaml")  # the file is not the culprit
+    assert not (workspace / "checkpoints").exists() and not (workspace / "runs").exists()
+
+
+def test_a_truncated_training_photo_stops_a_restart_before_it_removes_anything(trained_workspace, capsys):
+    ws = trained_workspace
+    photo = load_competition(small_data_config(ws)).train[0].path  # wherever the layout keeps them
+    photo.write_bytes(photo.read_bytes()[: photo.stat().st_size // 2])  # the header survives, the scan does not
+    kept = {p: p.read_bytes() for p in (ws / "checkpoints/tiny").iterdir()}
+    logs = sorted(p.name for p in (ws / "runs/tiny").iterdir())
+    assert cli(["train", "--variant", "tiny.yaml", "--restart"]) == 2
+    err = capsys.readouterr().err
+    assert str(photo.relative_to(ws)) in err and "cannot be decoded" in err and "download" in err
+    assert {p: p.read_bytes() for p in (ws / "checkpoints/tiny").iterdir()} == kept
+    assert sorted(p.name for p in (ws / "runs/tiny").iterdir()) == logs
+
+
+def test_processes_stop_together_at_max_minutes_with_their_own_dropout_streams(workspace):
+    # rank 0's clock runs 1000x fast: it alone passes max_minutes, after its first step
+    write_variant(workspace, "ranks", objective="l2", max_minutes=0.01, epochs=3, train_batch_size=2)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "tests/train_ranks.py"), "--variant", "ranks.yaml"],
+                          env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stopping at step 1: params.max_minutes=0.01 reached" in done.stdout + done.stderr
+    last = read_checkpoint(workspace / "checkpoints/ranks/last.pt")
+    assert last["step"] == 1
+    rngs = last["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
 
 
 def test_missing_corrupt_and_foreign_checkpoints_are_clear_errors(trained_workspace, capsys):
@@ -161,7 +210,15 @@ def test_missing_corrupt_and_foreign_checkpoints_are_clear_errors(trained_worksp
     corrupt = ws / "corrupt.pt"
     corrupt.write_bytes((ws / "checkpoints/tiny/best.pt").read_bytes()[:5000])  # a truncated copy
     assert cli(["submit", "--variant", "tiny.yaml", "--param", f"checkpoint={corrupt}"]) == 2
-    assert "corrupt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # a file the user named: say what it is not, leave it alone (no "delete it")
+    assert f"{corrupt}: not a checkpoint of this pipeline, or a damaged one" in err and "delete" not in err
+    assert corrupt.read_bytes() == (ws / "checkpoints/tiny/best.pt").read_bytes()[:5000]
+    notes = ws / "notes.txt"
+    notes.write_text("my notes")
+    assert cli(["submit", "--variant", "tiny.yaml", "--param", f"checkpoint={notes}"]) == 2
+    err = capsys.readouterr().err
+    assert "not a checkpoint of this pipeline" in err and "delete" not in err and notes.read_text() == "my notes"
 
     write_variant(ws, "wider", ngf=16)
     assert cli(["submit", "--variant", "wider.yaml", "--param", "checkpoint=checkpoints/tiny/best.pt"]) == 2
@@ -197,3 +254,67 @@ def test_an_empty_training_folder_is_an_error_before_anything_is_written(workspa
     with pytest.raises(CompetitionError, match="no training images"):
         train(load_variant(workspace / "empty.yaml"), progress=False)
     assert not (workspace / "checkpoints").exists() and not (workspace / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The other families on the same loop
+
+FAMILY_TINY = {
+    "pconv": dict(width=4, max_width=8, depth=4, kernels="5,3", norm="batch", loss="paper"),
+    "glcic": dict(width=4, d_width=4, norm="batch", hole_init="telea", residual=True, completion_epochs=1,
+                  discriminator_epochs=1, joint_mse="global"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(FAMILY_TINY))
+def test_every_family_trains_and_submits_through_the_shared_loop(workspace, method):
+    shared = {k: TINY[k] for k in ("train_batch_size", "lr", "mixed_precision", "num_workers", "log_every",
+                                   "checkpoint_every", "seed")}
+    name = f"{method}-tiny"
+    (workspace / f"{name}.yaml").write_text(yaml.safe_dump({
+        "name": name, "method": method, "batch_size": 4, "params": {**shared, "epochs": 3, **FAMILY_TINY[method]},
+        "data": {"root": "data/sample", "truth": "data/sample-truth", "val_count": 6},
+    }))
+    assert cli(["train", "--variant", f"{name}.yaml"]) == 0
+    best, last = (read_checkpoint(workspace / f"checkpoints/{name}/{f}.pt") for f in ("best", "last"))
+    assert last["step"] == 30 and last["epoch"] == 3 and "opt_g" in last
+    assert ("discriminator" in last) == (method == "glcic")
+    val = _scalars(workspace / f"runs/{name}", "val/rmse")
+    assert [step for step, _ in val] == [10, 20, 30]
+    if method == "glcic":  # phases: completion (epoch 0), discriminator (1), joint (2)
+        assert [step for step, _ in _scalars(workspace / f"runs/{name}", "loss/mse")] == [2, 4, 6, 8, 10, 22, 24, 26, 28, 30]
+        assert [step for step, _ in _scalars(workspace / f"runs/{name}", "loss/g_adv")] == [22, 24, 26, 28, 30]
+
+    assert cli(["submit", "--variant", f"{name}.yaml"]) == 0
+    row = Leaderboard().read().iloc[-1]
+    assert row["variant"] == name and row["method"] == method
+    assert row["val_rmse"] == pytest.approx(best["best_val_rmse"], abs=2e-4)  # submit scores what validation scored
+    if method == "glcic":
+        assert '"joint_mse": "global"' in row["config"]  # the switch shows on the leaderboard
+
+
+def test_every_shipped_trainable_config_parses_with_its_family():
+    from pipeline.train import TRAINABLE, trainable_family
+
+    seen = set()
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        variant = load_variant(path) if path.name != "sd-prompts.yaml" else None
+        if variant is not None and variant.method in TRAINABLE:
+            trainable_family(variant).config(variant)
+            seen.add(variant.method)
+    assert seen == set(TRAINABLE)
+
+
+def test_the_benchmark_builds_the_sample_it_needs(tmp_path):
+    import importlib.util
+
+    from pipeline.config import data_config
+    from pipeline.data.competition import load_competition
+
+    spec = importlib.util.spec_from_file_location("train_step_bench", REPO / "benchmarks/train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = data_config({"root": tmp_path / "data/sample", "truth": tmp_path / "data/sample-truth", "val_count": 2})
+    assert bench.ensure_sample(cfg, train_per_photo=1, test_per_photo=1) is True
+    assert load_competition(cfg).train
+    assert bench.ensure_sample(cfg, train_per_photo=1, test_per_photo=1) is False  # there: left alone

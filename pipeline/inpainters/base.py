@@ -58,8 +58,14 @@ class Inpainter(ABC):
         """Fill the masked pixels of each image; returns uint8 (N, H, W, 3)."""
 
     @classmethod
+    @abstractmethod
+    def check_params(cls, variant: VariantConfig) -> None:
+        """Parse and check `variant.params` alone (no weights, no checkpoint); raise ConfigError."""
+
+    @classmethod
     def preflight(cls, variant: VariantConfig) -> None:
         """Cheap checks to run before any other work (config, weights on disk); raise to stop."""
+        cls.check_params(variant)
 
 
 def composite(masked_images: np.ndarray, masks: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -80,6 +86,8 @@ METHODS = {
     "navier-stokes": "pipeline.inpainters.classical:OpenCVInpaint",
     "sd": "pipeline.inpainters.sd:SDInpainter",
     "pix2pix": "pipeline.inpainters.pix2pix:Pix2PixInpainter",
+    "pconv": "pipeline.inpainters.pconv:PConvInpainter",
+    "glcic": "pipeline.inpainters.glcic:GLCICInpainter",
 }
 
 
@@ -93,6 +101,11 @@ def inpainter_class(variant: VariantConfig) -> type[Inpainter]:
         )
     module, cls_name = target.split(":")
     return getattr(importlib.import_module(module), cls_name)
+
+
+def check_params(variant: VariantConfig) -> None:
+    """The variant's params checked by its method's own parser (what `make test` runs on every config)."""
+    inpainter_class(variant).check_params(variant)
 
 
 def preflight(variant: VariantConfig) -> None:

@@ -17,10 +17,10 @@ class MeanFillParams:
 
 
 class Classical(Inpainter):
-    """A classical method: building it is cheap, so its preflight checks the params by building it."""
+    """A classical method: building it is cheap, so checking its params is building it."""
 
     @classmethod
-    def preflight(cls, variant: VariantConfig) -> None:
+    def check_params(cls, variant: VariantConfig) -> None:
         cls.from_config(variant)
 
 

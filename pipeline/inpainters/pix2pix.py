@@ -12,16 +12,14 @@ Objectives (`objective`):
     l1   L1 on the box pixels, no discriminator
     l2   squared error on the box pixels, no discriminator (what RMSE rewards)
 
-Params are flat in the variant YAML (so `--param key=value` reaches each); they fall in three
-groups: NetworkParams (must match a checkpoint), TrainParams, InferenceParams.
+Params are flat in the variant YAML (so `--param key=value` reaches each): NetworkParams (must
+match a checkpoint) and LossParams here, TrainParams and InferenceParams shared by every trainable
+family (pipeline/inpainters/trainable.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -29,16 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import ConfigError, VariantConfig, parse_params
-from pipeline.data.dataset import to_image, to_tensor
-from pipeline.inpainters.base import InpaintBatch, Inpainter
+from pipeline.config import ConfigError, VariantConfig
+from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
+                                           choice)
 
-CHECKPOINT_DIR = Path("checkpoints")
 OBJECTIVES = ("gan", "l1", "l2")
 GAN_LOSSES = ("vanilla", "lsgan")
 NORMS = ("batch", "instance", "none")
 HOLE_INITS = ("zero", "mean", "telea", "navier-stokes")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -55,105 +51,21 @@ class NetworkParams:
 
 
 @dataclass
-class TrainParams:
-    """How `python -m pipeline train` optimises the networks."""
+class LossParams:
+    """pix2pix's objective."""
 
     objective: str = "gan"  # gan | l1 | l2
     gan_loss: str = "vanilla"  # vanilla (BCE) | lsgan (least squares)
     lambda_l1: float = 100.0  # weight of L1 beside the adversarial term
-    epochs: int = 200
-    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
-    train_batch_size: int = 1  # per process
-    lr: float = 0.0002
-    lr_decay: float = 0.5  # the last fraction of the run over which lr falls linearly to 0 (paper: half)
-    beta1: float = 0.5
-    beta2: float = 0.999
-    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16 needs a GPU)
-    channels_last: bool = True  # NHWC activations: faster convolutions with bf16 on CPU and on tensor cores
-    compile: bool = False  # torch.compile the networks (worth it for long GPU runs)
-    num_workers: int = 2  # data loader processes (decode, augment, hole fill)
-    threads: int = 0  # torch threads per process on the CPU; 0: its share of the cores minus its workers
-    max_minutes: float = 0.0  # stop (validate, save) after this much training time; 0: no limit
-    seed: int = 0
-    jitter: int = 16  # augmentation: largest pad-and-crop shift, pixels
-    flip: float = 0.5  # augmentation: probability of a horizontal flip
-    colour: float = 0.5  # augmentation: probability of colour jitter
-    jpeg: float = 0.0  # augmentation: probability of JPEG-compressing the masked input, as the
-    jpeg_quality_low: int = 60  # competition's masked copies are, at a quality drawn from
-    jpeg_quality_high: int = 95  # low..high
-    log_every: int = 20  # steps between TensorBoard scalars
-    checkpoint_every: int = 200  # steps between last.pt saves (also saved every epoch end)
-    val_every: int = 1  # epochs between validations (best.pt is chosen on these)
-
-
-@dataclass
-class InferenceParams:
-    """How the trained generator is used by `predict` / `submit`."""
-
-    checkpoint: str = ""  # empty: checkpoints/<variant>/best.pt
-    tta_flip: bool = False  # average the prediction with that of the mirrored image
-
-
-PARAM_GROUPS = (NetworkParams, TrainParams, InferenceParams)
-
-
-@dataclass
-class Pix2PixConfig:
-    network: NetworkParams
-    train: TrainParams
-    inference: InferenceParams
-
-
-def resolved_params(config: Pix2PixConfig) -> dict[str, Any]:
-    """Every param with its default filled in: what a checkpoint stores and is compared on."""
-    return {k: v for group in (config.network, config.train, config.inference) for k, v in dataclasses.asdict(group).items()}
 
 
 # what a generator's weights are trained for: a checkpoint must agree on these to be used
 GENERATOR_KEYS = ("ngf", "depth", "norm", "dropout", "hole_init")
 
 
-def _choice(variant: VariantConfig, key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{variant.source or variant.name}: params.{key}: {value!r} is not one of "
-                          f"{', '.join(allowed)}")
-
-
-def pix2pix_config(variant: VariantConfig) -> Pix2PixConfig:
-    """Split the variant's flat params into the three typed groups, rejecting unknown keys."""
-    fields = {cls: {f.name for f in dataclasses.fields(cls)} for cls in PARAM_GROUPS}
-    known = set().union(*fields.values())
-    unknown = sorted(set(variant.params) - known)
-    if unknown:
-        raise ConfigError(f"{variant.source or variant.name}: params: unknown key(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(known))}")
-    groups = [parse_params(cls, {k: v for k, v in variant.params.items() if k in fields[cls]}, variant)
-              for cls in PARAM_GROUPS]
-    config = Pix2PixConfig(*groups)
-    net, train = config.network, config.train
-    _choice(variant, "norm", net.norm, NORMS)
-    _choice(variant, "hole_init", net.hole_init, HOLE_INITS)
-    _choice(variant, "objective", train.objective, OBJECTIVES)
-    _choice(variant, "gan_loss", train.gan_loss, GAN_LOSSES)
-    _choice(variant, "mixed_precision", train.mixed_precision, MIXED_PRECISION)
-    size = variant.data.image_size
-    if net.depth < 2 or size % 2**net.depth:
-        raise ConfigError(f"{variant.source or variant.name}: params.depth: {net.depth} halvings do not "
-                          f"divide the {size}px image evenly; use 2..{int(np.log2(size & -size))}")
-    if not 0.0 <= train.lr_decay <= 1.0:
-        raise ConfigError(f"{variant.source or variant.name}: params.lr_decay: a fraction 0..1, got {train.lr_decay}")
-    if not 0.0 <= train.jpeg <= 1.0:
-        raise ConfigError(f"{variant.source or variant.name}: params.jpeg: a probability 0..1, got {train.jpeg}")
-    if not 1 <= train.jpeg_quality_low <= train.jpeg_quality_high <= 100:
-        raise ConfigError(f"{variant.source or variant.name}: params.jpeg_quality_low/high: need "
-                          f"1 <= low <= high <= 100, got {train.jpeg_quality_low}, {train.jpeg_quality_high}")
-    counts = {"ngf": net.ngf, "ndf": net.ndf, "d_layers": net.d_layers, "epochs": train.epochs,
-              "train_batch_size": train.train_batch_size, "log_every": train.log_every,
-              "checkpoint_every": train.checkpoint_every, "val_every": train.val_every}
-    for key, value in counts.items():
-        if value < 1:
-            raise ConfigError(f"{variant.source or variant.name}: params.{key}: must be at least 1, got {value}")
-    return config
+def pix2pix_config(variant: VariantConfig) -> TrainableConfig:
+    """The variant's params in their typed groups (network, loss, train, inference), checked."""
+    return FAMILY.config(variant)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,58 +246,101 @@ def gan_loss(logits: torch.Tensor, real: bool, kind: str) -> torch.Tensor:
 # Inference
 
 
-def default_checkpoint(variant_name: str) -> Path:
-    return CHECKPOINT_DIR / variant_name / "best.pt"
+class Pix2PixStep:
+    """One step of the configured objective on a batch, through `accelerator` (precision, DDP).
+
+    step(batch, epoch): the batch is the loader's dict on the device: masked_image (the hole
+    already filled), mask and target, float NCHW. Returns the step's losses (0-dim tensors) by
+    TensorBoard tag.
+    """
+
+    def __init__(self, accelerator, config: TrainableConfig, generator, opt_g, discriminator=None, opt_d=None):
+        self.accelerator, self.loss, self.channels_last = accelerator, config.loss, config.train.channels_last
+        self.generator, self.opt_g = generator, opt_g
+        self.discriminator, self.opt_d = discriminator, opt_d
+        # G's adversarial term goes through the bare module: no DDP hooks, no gradients for D
+        self.plain_d = accelerator.unwrap_model(discriminator) if discriminator is not None else None
+
+    def __call__(self, batch: dict[str, torch.Tensor], epoch: int = 0) -> dict[str, torch.Tensor]:
+        acc, loss = self.accelerator, self.loss
+        filled, mask, target = batch_tensors(batch, self.channels_last)
+        g_input = generator_input(filled, mask)
+        with acc.autocast():
+            prediction = self.generator(g_input, filled)
+        if self.discriminator is None:  # l1 / l2: reconstruction of the box pixels only
+            loss_g = box_loss(prediction, target, mask, loss.objective)
+            logs = {f"loss/box_{loss.objective}": loss_g}
+        else:
+            # the pipeline keeps only box pixels, so D judges the photo with generated boxes pasted in
+            composited = prediction * mask + target * (1 - mask)
+            with acc.no_sync(self.discriminator):  # summed locally, synced by the second backward
+                with acc.autocast():
+                    real_logits = self.discriminator(torch.cat([g_input, target], dim=1))
+                acc.backward(0.5 * gan_loss(real_logits, True, loss.gan_loss))
+            with acc.autocast():
+                fake_logits = self.discriminator(torch.cat([g_input, composited.detach()], dim=1))
+            loss_fake = gan_loss(fake_logits, False, loss.gan_loss)
+            acc.backward(0.5 * loss_fake)
+            self.opt_d.step()
+            self.opt_d.zero_grad(set_to_none=True)
+
+            self.plain_d.requires_grad_(False)  # the graph below then holds no D weight gradients
+            with acc.autocast():
+                adv_logits = self.plain_d(torch.cat([g_input, composited], dim=1))
+            self.plain_d.requires_grad_(True)
+            loss_adv = gan_loss(adv_logits, True, loss.gan_loss)
+            loss_l1 = box_loss(prediction, target, mask, "l1")
+            loss_g = loss_adv + loss.lambda_l1 * loss_l1
+            logs = {"loss/d_fake": loss_fake, "loss/g_adv": loss_adv, "loss/box_l1": loss_l1}
+        acc.backward(loss_g)
+        self.opt_g.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        return logs
 
 
-def load_generator(path: Path, variant: VariantConfig, config: Pix2PixConfig) -> UNetGenerator:
-    """The generator saved in checkpoint `path`, after checking it was trained with the network
-    `variant` describes; CheckpointError (naming the file and the differing keys) otherwise."""
-    from pipeline.checkpoint import check_same_config, load_state_dict, read_checkpoint
-
-    state = read_checkpoint(path, hint=f"Train it with `make train VARIANT={variant.name}`, or pass "
-                                       "CKPT=<file> (--param checkpoint=<file>)")
-    check_same_config(path, state, variant, resolved_params(config), GENERATOR_KEYS, "generator")
-    generator = build_generator(config.network)
-    load_state_dict(path, generator, state["generator"], "generator")
-    return generator
+# ---------------------------------------------------------------------------------------------
+# The family: what the shared trainer and the inpainter need
 
 
-class Pix2PixInpainter(Inpainter):
-    """A trained generator, from `params.checkpoint` (default checkpoints/<variant>/best.pt)."""
+class Pix2PixFamily(Family):
+    method = "pix2pix"
+    NetworkParams = NetworkParams
+    LossParams = LossParams
+    generator_keys = GENERATOR_KEYS
 
-    def __init__(self, generator: UNetGenerator, hole_init: str, tta_flip: bool = False,
-                 device: torch.device | None = None):
-        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.generator = generator.to(self.device).eval()
-        self.fill = HoleFill(hole_init)
-        self.tta_flip = tta_flip
+    def check(self, variant: VariantConfig, config: TrainableConfig) -> None:
+        net, loss = config.network, config.loss
+        choice(variant, "norm", net.norm, NORMS)
+        choice(variant, "hole_init", net.hole_init, HOLE_INITS)
+        choice(variant, "objective", loss.objective, OBJECTIVES)
+        choice(variant, "gan_loss", loss.gan_loss, GAN_LOSSES)
+        size = variant.data.image_size
+        if net.depth < 2 or size % 2**net.depth:
+            raise ConfigError(f"{variant.source or variant.name}: params.depth: {net.depth} halvings do not "
+                              f"divide the {size}px image evenly; use 2..{int(np.log2(size & -size))}")
+        at_least(variant, {"ngf": net.ngf, "ndf": net.ndf, "d_layers": net.d_layers})
 
-    @classmethod
-    def from_config(cls, variant: VariantConfig) -> "Pix2PixInpainter":
-        config = pix2pix_config(variant)
-        path = Path(config.inference.checkpoint or default_checkpoint(variant.name))
-        generator = load_generator(path, variant, config)
-        return cls(generator, config.network.hole_init, config.inference.tta_flip)
+    def hole_fill(self, config: TrainableConfig) -> HoleFill:
+        return HoleFill(config.network.hole_init)
 
-    @classmethod
-    def preflight(cls, variant: VariantConfig) -> None:
-        """Before any prediction: the params are valid and the checkpoint loads into this network."""
-        config = pix2pix_config(variant)
-        load_generator(Path(config.inference.checkpoint or default_checkpoint(variant.name)), variant, config)
+    def build_generator(self, config: TrainableConfig) -> UNetGenerator:
+        return build_generator(config.network)
 
-    @torch.inference_mode()
-    def predict(self, filled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """filled (N, 3, H, W) in -1..1, mask (N, 1, H, W) -> prediction (N, 3, H, W) in -1..1."""
-        prediction = self.generator(generator_input(filled, mask), filled)
-        if self.tta_flip:
-            flipped = self.generator(generator_input(filled.flip(-1), mask.flip(-1)), filled.flip(-1))
-            prediction = (prediction + flipped.flip(-1)) / 2
-        return prediction
+    def build_discriminator(self, config: TrainableConfig) -> PatchDiscriminator | None:
+        return build_discriminator(config.network) if config.loss.objective == "gan" else None
 
-    def inpaint(self, batch: InpaintBatch) -> np.ndarray:
-        filled = torch.stack([to_tensor(self.fill(image, mask))
-                              for image, mask in zip(batch.masked_images, batch.masks)])
-        mask = torch.from_numpy(batch.masks[:, None].astype(np.float32))
-        prediction = self.predict(filled.to(self.device), mask.to(self.device))
-        return to_image(prediction)
+    def step(self, config, accelerator, nets, optimizers) -> Pix2PixStep:
+        return Pix2PixStep(accelerator, config, nets["generator"], optimizers["opt_g"],
+                           nets.get("discriminator"), optimizers.get("opt_d"))
+
+    def generate(self, generator, filled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return generator(generator_input(filled, mask), filled)
+
+
+FAMILY = Pix2PixFamily()
+
+
+class Pix2PixInpainter(TrainedInpainter):
+    """A trained pix2pix generator, from `params.checkpoint` (default checkpoints/<variant>/best.pt)."""
+
+    family = FAMILY

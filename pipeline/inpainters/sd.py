@@ -460,12 +460,17 @@ class SDInpainter(Inpainter):
         return params
 
     @classmethod
-    def preflight(cls, variant: VariantConfig) -> None:
-        """Config, scheduler and weights checks, before any other work (nothing is loaded)."""
+    def check_params(cls, variant: VariantConfig) -> SDParams:
+        """The params and the scheduler name checked (nothing is loaded, no weights looked for)."""
         params = cls.parse(variant)
         if params.scheduler:
             scheduler_class(params.scheduler)
-        check_model(params)
+        return params
+
+    @classmethod
+    def preflight(cls, variant: VariantConfig) -> None:
+        """Config, scheduler and weights checks, before any other work (nothing is loaded)."""
+        check_model(cls.check_params(variant))
 
     @classmethod
     def from_config(cls, variant: VariantConfig) -> "SDInpainter":
