@@ -25,7 +25,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train
+.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ compare: setup ## write submissions/report.html + .png: table, RMSE chart, per c
 
 sd: setup ## zero-shot SD inpainting: one submission + leaderboard row per variant of SWEEP (ONLY=a,b GPUS=n)
 	$(SD_RUN) sd --sweep $(SWEEP) $(if $(ONLY),--only $(ONLY),) $(DATA_ARG)
+
+serve: setup ## local web app: upload/pick an image, brush a mask, inpaint with variants (HOST= PORT= DATA=)
+	$(RUN) serve $(DATA_ARG) $(if $(HOST),--host $(HOST),) $(if $(PORT),--port $(PORT),)
 
 kaggle-submit: setup ## upload VARIANT's validated CSV to COMPETITION and confirm it arrived
 	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-submit VARIANT=<name> COMPETITION=<slug>"; exit 2; }
