@@ -25,7 +25,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve
+.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -87,5 +87,16 @@ demo: sample ## offline, end to end: sample, baselines, pix2pix training, submis
 	$(RUN) submit --variant pix2pix-cpu
 	$(RUN) leaderboard
 
-test: setup ## run the test suite
+test: setup chromium ## run the test suite
 	$(PY) -m pytest -q tests
+
+chromium: ## Debian's chromium for the web app's browser test (apt-get, as root); without it that test skips
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "note: no /usr/bin/chromium and not root with apt-get: the browser test will skip"; \
+	else \
+		echo "installing chromium (apt-get) for the browser test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+			|| echo "note: apt-get could not install chromium: the browser test will skip"; \
+	fi

@@ -106,7 +106,7 @@ def add_routes(api: FastAPI, app: App) -> None:
         drawn = core.open_image(_read(mask, "mask"), "mask", app.max_pixels)
         holes = core.require_mask(core.mask_from_image(drawn, photo.size))
         result = app.run(variant, photo.rgb, holes)
-        return Response(core.png_bytes(photo.with_pixels(result.image)), media_type="image/png",
+        return Response(core.png_bytes(photo.with_pixels(result.image, holes)), media_type="image/png",
                         headers={"X-Variant": variant, "X-Seconds": f"{result.load_seconds + result.seconds:.3f}"})
 
 

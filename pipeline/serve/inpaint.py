@@ -48,11 +48,13 @@ class RequestError(PipelineError, ValueError):
 
 @dataclass
 class Photo:
-    """rgb: uint8 (H, W, 3), what the model sees; alpha: uint8 (H, W) when the photo had
-    transparency, else None; gray: True when the photo was single-channel."""
+    """rgb: uint8 (H, W, 3), what the model sees (transparent pixels flattened onto white);
+    alpha: uint8 (H, W) when the photo has transparency, else None; stored: the photo's own RGB
+    under that transparency (None without it); gray: True when the photo was single-channel."""
 
     rgb: np.ndarray
     alpha: np.ndarray | None = None
+    stored: np.ndarray | None = None
     gray: bool = False
 
     @property
@@ -60,8 +62,11 @@ class Photo:
         """(width, height), PIL's order."""
         return self.rgb.shape[1], self.rgb.shape[0]
 
-    def with_pixels(self, rgb: np.ndarray) -> Image.Image:
-        """`rgb` (uint8 H, W, 3) in this photo's mode: L for gray, RGBA with its alpha, else RGB."""
+    def with_pixels(self, rgb: np.ndarray, mask: np.ndarray | None = None) -> Image.Image:
+        """`rgb` (uint8 H, W, 3: this photo with the `mask` pixels filled) in the photo's mode: L
+        for gray, RGBA with its alpha (and its own colours outside the mask), else RGB."""
+        if self.stored is not None and mask is not None:
+            rgb = np.where(mask[..., None], rgb, self.stored)
         if self.gray:
             # R = G = B = v converts back to exactly v (PIL's integer luma weights sum to 1)
             image = Image.fromarray(rgb, "RGB").convert("L")
@@ -113,20 +118,23 @@ def photo_from_image(image: Image.Image) -> Photo:
     elif mode in ("I", "F"):  # 32-bit: PIL clips to 0..255, as most viewers do
         image = image.convert("L")
     gray = mode in GRAY_MODES or (mode == "P" and image.palette is not None and image.palette.mode == "L")
-    has_alpha = "A" in image.getbands() or "transparency" in image.info
-    if has_alpha:
+    alpha = stored = None
+    if "A" in image.getbands() or "transparency" in image.info:
         rgba = np.asarray(image.convert("RGBA"))
-        alpha = rgba[..., 3].copy()
-        weight = alpha[..., None].astype(np.float32) / 255.0
-        # flattened onto white: the colour under transparent pixels is arbitrary
-        rgb = np.round(rgba[..., :3] * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
-        if alpha.min() == 255:
-            alpha = None
+        if rgba[..., 3].min() < 255:
+            alpha, stored = rgba[..., 3].copy(), rgba[..., :3].copy()
+        rgb = rgba[..., :3]
+        if alpha is not None:
+            weight = alpha[..., None].astype(np.float32) / 255.0
+            # flattened onto white for the model: the colour under transparent pixels is arbitrary
+            rgb = np.round(rgb * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
     else:
-        rgb, alpha = np.asarray(image.convert("RGB")).copy(), None
+        rgb = np.asarray(image.convert("RGB"))
     if gray:
-        rgb = np.repeat(np.asarray(Image.fromarray(rgb).convert("L"))[..., None], 3, axis=2)
-    return Photo(np.ascontiguousarray(rgb), alpha, gray)
+        rgb = np.repeat(np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))[..., None], 3, axis=2)
+        stored = None if stored is None else np.repeat(
+            np.asarray(Image.fromarray(stored).convert("L"))[..., None], 3, axis=2)
+    return Photo(np.ascontiguousarray(rgb), alpha, stored, gray)
 
 
 def mask_from_image(image: Image.Image, size: tuple[int, int], what: str = "mask") -> np.ndarray:
@@ -378,11 +386,11 @@ def inpaint(models: Models, variant: VariantConfig, photo: np.ndarray, mask: np.
     from pipeline.score import rmse
 
     masked = photo.copy()
-    masked[mask] = 0
+    masked[mask] = 0  # the model never sees the pixels it fills
     size = model_input_size(variant)
     prediction, load, seconds = models.run(
         variant, lambda inpainter: inpaint_at(inpainter, masked, mask, size, label, image_id))
-    image = composite(photo[None], mask[None], prediction[None])[0]
+    image = composite(masked[None], mask[None], prediction[None])[0]
     score = rmse(image[mask], truth[mask]) if truth is not None else None
     return Result(variant.name, image, load, seconds, score)
 

@@ -21,6 +21,29 @@ MASK_RGBA = (255, 0, 255, 150)  # how a mask looks in the editor: translucent ma
 BRUSH = gr.Brush(colors=["rgba(255, 0, 255, 0.6)"], color_mode="fixed", default_size=12)
 
 
+class PhotoEditor(gr.ImageEditor):
+    """gr.ImageEditor whose unreadable or too large upload is a message in the page (checked from
+    the file's header, before the photo is decoded), not a processing error."""
+
+    is_template = True  # the browser draws it with ImageEditor's own front end, as gr.Sketchpad
+
+    max_pixels = core.MAX_PIXELS  # set per instance; not a constructor argument (gradio reads those
+    # from ImageEditor's signature to build the page's config)
+
+    def preprocess(self, payload):
+        background = getattr(payload, "background", None)
+        try:
+            if getattr(background, "path", None):
+                with Image.open(background.path) as image:
+                    core.check_pixels(*image.size, self.max_pixels)
+            return super().preprocess(payload)
+        except core.RequestError as exc:
+            raise gr.Error(str(exc), print_exception=False) from exc
+        except Exception as exc:
+            raise gr.Error(f"image: not an image (PNG, JPEG, WebP, ... that Pillow reads): {type(exc).__name__}",
+                           print_exception=False) from exc
+
+
 def _editor_value(background: Image.Image, mask: np.ndarray | None = None) -> dict:
     """An ImageEditor value: the photo, and the mask (if any) as one translucent layer."""
     layers = []
@@ -68,105 +91,116 @@ def _refusing(fn):
     return wrapped
 
 
+def variant_notes(app: App) -> str:
+    lines = [f"- **{v.name}** ({v.method}): {_plain(v.why)}" for v in app.variants if not v.available]
+    return "\n".join(lines) if lines else "Every variant found can run."
+
+
+def pick_image(app: App, key: str | None):
+    """A competition image into the editor (as stored, no mask), and its key for the State."""
+    if not key:
+        return gr.update(), None
+    image = app.images().get(key)
+    if image is None:
+        raise gr.Error(f"{key}: not an image of {app.data.root}")
+    pixels, _ = core.competition_pixels(image)
+    return _editor_value(Image.fromarray(pixels)), key
+
+
+@_refusing
+def own_boxes(app: App, value: dict | None, key: str | None) -> dict:
+    """The competition image's own boxes as the mask."""
+    if not key:
+        raise gr.Error("Own boxes: pick a competition image first (an uploaded photo has none; place boxes).")
+    image = app.images()[key]
+    background = _background(value, app.max_pixels)
+    return _editor_value(background, core.boxes_mask(image.boxes, background.size[1], background.size[0]))
+
+
+@_refusing
+def place(app: App, value: dict | None, count, corners: str, seed) -> dict:
+    """N boxes of the competition's size, at the given corners or at random, as the mask."""
+    background = _background(value, app.max_pixels)
+    width, height = background.size
+    boxes = core.place_boxes(width, height, app.data.box_size, int(count or 0), corners or "", int(seed or 0))
+    return _editor_value(background, core.boxes_mask(boxes, height, width))
+
+
+def clear_mask(value: dict | None):
+    if not value or value.get("background") is None:
+        return gr.update()
+    return _editor_value(value["background"])
+
+
+@_refusing
+def run(app: App, value: dict | None, key: str | None, names: list[str]):
+    """The button: (gallery [(PNG path, caption)]: masked input, ground truth for a validation
+    image, each variant's result; status Markdown: timings, box RMSE, failures; result PNG paths).
+
+    value: the editor's {"background", "layers"} (PIL RGBA); key: the competition image picked
+    (its pixels are read from the competition, not from the canvas) or None for an upload.
+    """
+    started = time.perf_counter()
+    if not names:
+        raise gr.Error("Pick at least one variant.")
+    background = _background(value, app.max_pixels)
+    label, image_id, truth = None, "upload", None
+    if key:
+        image = app.images()[key]
+        pixels, is_truth = core.competition_pixels(image)
+        label, image_id = image.label, image.image_id
+        truth = pixels if is_truth else None
+        photo = core.Photo(pixels)
+    else:
+        photo = core.photo_from_image(background)
+    mask = core.require_mask(_editor_mask(value, photo.size))
+    folder = app.outputs / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id)
+
+    def save(name: str, rgb: np.ndarray) -> str:
+        path = folder / f"{stem}-{name}.png"
+        photo.with_pixels(rgb, mask).save(path)
+        return str(path)
+
+    masked = photo.rgb.copy()
+    masked[mask] = 0
+    gallery = [(save("masked", masked), "masked input")]
+    if truth is not None:
+        gallery.append((save("truth", truth), "ground truth"))
+    rows, problems, files = [], [], []
+    for name in names:
+        try:
+            result = app.run(name, photo.rgb, mask, label, image_id, truth)
+        except core.PipelineError as exc:
+            problems.append((name, str(exc)))
+            continue
+        score = "" if result.rmse is None else f"{result.rmse:.4f}"
+        path = save(name, result.image)
+        files.append(path)
+        gallery.append((path, name + (f" - box RMSE {score}" if score else "")))
+        rows.append(f"| {name} | {result.load_seconds:.2f} | {result.seconds:.2f} | {score or '-'} |")
+    if not files:
+        raise gr.Error(html.escape("No variant produced a result. " + " ".join(f"{n}: {m}" for n, m in problems),
+                                   quote=False), print_exception=False)
+    width, height = photo.size
+    status = (f"**{image_id}** ({width}x{height}, {int(mask.sum())} pixels to fill), "
+              f"{time.perf_counter() - started:.2f} s in all\n\n"
+              "| variant | load s | inpaint s | box RMSE |\n|---|---|---|---|\n" + "\n".join(rows))
+    if problems:
+        status += "\n\n**Failed**\n\n" + "\n".join(f"- **{n}**: {_plain(m)}" for n, m in problems)
+    return gallery, status, files
+
+
 def build_page(app: App) -> gr.Blocks:
     images = app.images()
     image_note = (f"{len(images)} images of {app.data.root}" if images
                   else f"No competition images: {app.images_error}")
 
-    def variant_notes() -> str:
-        lines = [f"- **{v.name}** ({v.method}): {_plain(v.why)}" for v in app.variants if not v.available]
-        return ("**Unavailable variants**\n\n" + "\n".join(lines)) if lines else ""
-
-    def pick_image(key):
-        """A competition image into the editor (as stored, no mask)."""
-        if not key:
-            return gr.update(), None
-        image = images.get(key)
-        if image is None:
-            raise gr.Error(f"{key}: not an image of {app.data.root}")
-        pixels, _ = core.competition_pixels(image)
-        return _editor_value(Image.fromarray(pixels)), key
-
-    @_refusing
-    def own_boxes(value, key):
-        """The competition image's own boxes as the mask."""
-        if not key:
-            raise gr.Error("Own boxes: pick a competition image first (an uploaded photo has none; place boxes).")
-        image = images[key]
-        background = _background(value, app.max_pixels)
-        return _editor_value(background, core.boxes_mask(image.boxes, background.size[1], background.size[0]))
-
-    @_refusing
-    def place(value, count, corners, seed):
-        """N boxes of the competition's size, at the given or random positions, as the mask."""
-        background = _background(value, app.max_pixels)
-        width, height = background.size
-        boxes = core.place_boxes(width, height, app.data.box_size, int(count or 0), corners or "", int(seed or 0))
-        return _editor_value(background, core.boxes_mask(boxes, height, width))
-
-    def clear_mask(value):
-        if not value or value.get("background") is None:
-            return gr.update()
-        return _editor_value(value["background"])
-
-    @_refusing
-    def run(value, key, names):
-        """Masked input, truth (validation images), each variant's result; a status table; PNGs."""
-        started = time.perf_counter()
-        if not names:
-            raise gr.Error("Pick at least one variant.")
-        background = _background(value, app.max_pixels)
-        label, image_id, truth = None, "upload", None
-        if key:
-            image = images[key]
-            pixels, is_truth = core.competition_pixels(image)
-            label, image_id = image.label, image.image_id
-            truth = pixels if is_truth else None
-            photo = core.Photo(pixels)
-        else:
-            photo = core.photo_from_image(background)
-        mask = core.require_mask(_editor_mask(value, photo.size))
-        folder = app.outputs / uuid.uuid4().hex[:12]
-        folder.mkdir(parents=True)
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id)
-
-        def save(name: str, rgb: np.ndarray) -> str:
-            path = folder / f"{stem}-{name}.png"
-            photo.with_pixels(rgb).save(path)
-            return str(path)
-
-        masked = photo.rgb.copy()
-        masked[mask] = 0
-        gallery = [(save("masked", masked), "masked input")]
-        if truth is not None:
-            gallery.append((save("truth", truth), "ground truth"))
-        rows, problems, files = [], [], []
-        for name in names:
-            try:
-                result = app.run(name, photo.rgb, mask, label, image_id, truth)
-            except core.PipelineError as exc:
-                problems.append((name, str(exc)))
-                continue
-            score = "" if result.rmse is None else f"{result.rmse:.4f}"
-            path = save(name, result.image)
-            files.append(path)
-            gallery.append((path, f"{name}" + (f" - box RMSE {score}" if score else "")))
-            rows.append(f"| {name} | {result.load_seconds:.2f} | {result.seconds:.2f} | {score or '-'} |")
-        if not files:
-            raise gr.Error(html.escape("No variant produced a result. " + " ".join(f"{n}: {m}" for n, m in problems), quote=False),
-                           print_exception=False)
-        width, height = photo.size
-        status = (f"**{image_id}** ({width}x{height}, {int(mask.sum())} pixels to fill), "
-                  f"{time.perf_counter() - started:.2f} s in all\n\n"
-                  "| variant | load s | inpaint s | box RMSE |\n|---|---|---|---|\n" + "\n".join(rows))
-        if problems:
-            status += "\n\n**Failed**\n\n" + "\n".join(f"- **{n}**: {_plain(m)}" for n, m in problems)
-        return gallery, status, files
-
     def refresh():
         app.refresh()
         names = app.available()
-        return gr.update(choices=names, value=[n for n in names if n == "telea"][:1]), variant_notes()
+        return gr.update(choices=names, value=[n for n in names if n == "telea"][:1]), variant_notes(app)
 
     with gr.Blocks(title="Photo Reconstruction - inpaint", analytics_enabled=False) as page:
         gr.Markdown("## Photo Reconstruction: inpaint a photo with any variant\n"
@@ -177,10 +211,11 @@ def build_page(app: App) -> gr.Blocks:
         source = gr.State(None)  # the competition image's key, or None for an upload
         with gr.Row():
             with gr.Column(scale=3):
-                editor = gr.ImageEditor(label="Photo and mask", type="pil", image_mode="RGBA",
-                                        sources=("upload", "clipboard"), transforms=(), layers=False,
-                                        brush=BRUSH, eraser=gr.Eraser(default_size=12), format="png",
-                                        canvas_size=(512, 512), elem_id="editor")
+                editor = PhotoEditor(label="Photo and mask", type="pil", image_mode="RGBA",
+                                     sources=("upload", "clipboard"), transforms=(), layers=False,
+                                     brush=BRUSH, eraser=gr.Eraser(default_size=12), format="png",
+                                     canvas_size=(512, 512), elem_id="editor")
+                editor.max_pixels = app.max_pixels
             with gr.Column(scale=2):
                 pick = gr.Dropdown(choices=list(images), value=None, label="Competition image", info=image_note,
                                    filterable=True, elem_id="pick")
@@ -197,7 +232,8 @@ def build_page(app: App) -> gr.Blocks:
                 names = app.available()
                 chosen = gr.CheckboxGroup(choices=names, value=[n for n in names if n == "telea"][:1],
                                           label="Variants", elem_id="variants")
-                notes = gr.Markdown(variant_notes())
+                with gr.Accordion("Variants that cannot run here, and why", open=False):
+                    notes = gr.Markdown(variant_notes(app), elem_id="unavailable")
                 refresh_button = gr.Button("Look for variants again", size="sm")
                 run_button = gr.Button("Inpaint", variant="primary", elem_id="run")
         status = gr.Markdown(elem_id="status")
@@ -205,14 +241,19 @@ def build_page(app: App) -> gr.Blocks:
                              fit_columns=False, object_fit="contain", height="auto", elem_id="results")
         downloads = gr.File(label="Results as PNG", file_count="multiple", elem_id="downloads")
 
-        pick.change(pick_image, [pick], [editor, source], api_name=False)
-        editor.upload(lambda: None, None, [source], api_name=False)
+        pick.change(lambda key: pick_image(app, key), [pick], [editor, source], api_name=False)
+        editor.upload(lambda: None, None, [source], api_name=False)  # an upload replaces a picked image
         editor.clear(lambda: None, None, [source], api_name=False)
-        own.click(own_boxes, [editor, source], [editor], api_name=False)
-        place_button.click(place, [editor, count, corners, seed], [editor], api_name=False)
+        own.click(lambda value, key: own_boxes(app, value, key), [editor, source], [editor], api_name=False)
+        place_button.click(lambda value, n, xy, s: place(app, value, n, xy, s), [editor, count, corners, seed],
+                           [editor], api_name=False)
         clear_button.click(clear_mask, [editor], [editor], api_name=False)
         refresh_button.click(refresh, None, [chosen, notes], api_name=False)
+
+        def inpaint(value, key, names):
+            return run(app, value, key, names)
+
         # different variants may run side by side; the same variant waits on its lock (Models)
-        run_button.click(run, [editor, source, chosen], [gallery, status, downloads], api_name="inpaint",
+        run_button.click(inpaint, [editor, source, chosen], [gallery, status, downloads], api_name="inpaint",
                          concurrency_limit=2)
     return page
