@@ -21,27 +21,28 @@ MASK_RGBA = (255, 0, 255, 150)  # how a mask looks in the editor: translucent ma
 BRUSH = gr.Brush(colors=["rgba(255, 0, 255, 0.6)"], color_mode="fixed", default_size=12)
 
 
-class PhotoEditor(gr.ImageEditor):
-    """gr.ImageEditor whose unreadable or too large upload is a message in the page (checked from
-    the file's header, before the photo is decoded), not a processing error."""
+def refuse_bad_uploads(editor: gr.ImageEditor, max_pixels: int) -> gr.ImageEditor:
+    """Make an unreadable or too large upload a message in the page, not a processing error; the
+    size is checked from the file's header, before gradio decodes the photo. Wraps this editor's
+    own `preprocess` (a subclass would be a custom component to gradio: another front end, and a
+    .pyi file written beside this module)."""
+    preprocess = editor.preprocess
 
-    is_template = True  # the browser draws it with ImageEditor's own front end, as gr.Sketchpad
-
-    max_pixels = core.MAX_PIXELS  # set per instance; not a constructor argument (gradio reads those
-    # from ImageEditor's signature to build the page's config)
-
-    def preprocess(self, payload):
+    def checked(payload):
         background = getattr(payload, "background", None)
         try:
             if getattr(background, "path", None):
                 with Image.open(background.path) as image:
-                    core.check_pixels(*image.size, self.max_pixels)
-            return super().preprocess(payload)
+                    core.check_pixels(*image.size, max_pixels)
+            return preprocess(payload)
         except core.RequestError as exc:
             raise gr.Error(str(exc), print_exception=False) from exc
         except Exception as exc:
             raise gr.Error(f"image: not an image (PNG, JPEG, WebP, ... that Pillow reads): {type(exc).__name__}",
                            print_exception=False) from exc
+
+    editor.preprocess = checked
+    return editor
 
 
 def _editor_value(background: Image.Image, mask: np.ndarray | None = None) -> dict:
@@ -211,11 +212,10 @@ def build_page(app: App) -> gr.Blocks:
         source = gr.State(None)  # the competition image's key, or None for an upload
         with gr.Row():
             with gr.Column(scale=3):
-                editor = PhotoEditor(label="Photo and mask", type="pil", image_mode="RGBA",
-                                     sources=("upload", "clipboard"), transforms=(), layers=False,
-                                     brush=BRUSH, eraser=gr.Eraser(default_size=12), format="png",
-                                     canvas_size=(512, 512), elem_id="editor")
-                editor.max_pixels = app.max_pixels
+                editor = refuse_bad_uploads(gr.ImageEditor(
+                    label="Photo and mask", type="pil", image_mode="RGBA", sources=("upload", "clipboard"),
+                    transforms=(), layers=False, brush=BRUSH, eraser=gr.Eraser(default_size=12), format="png",
+                    canvas_size=(512, 512), elem_id="editor"), app.max_pixels)
             with gr.Column(scale=2):
                 pick = gr.Dropdown(choices=list(images), value=None, label="Competition image", info=image_note,
                                    filterable=True, elem_id="pick")
