@@ -138,8 +138,11 @@ def server(site, offline_module):
     import uvicorn
 
     from pipeline.serve import App, build_app
+    from pipeline.serve.app import OFFLINE_ENV
 
     with pytest.MonkeyPatch.context() as mp:
+        for name, value in OFFLINE_ENV.items():  # as `serve` sets them
+            mp.setenv(name, value)
         mp.setitem(METHODS, "slow", "tests.test_serve:SlowInpainter")
         app = App(configs_dir=site / "configs", checkpoints_dir=site / "checkpoints",
                   data_root=site / "data/sample", max_pixels=MAX_PIXELS)
@@ -483,10 +486,12 @@ def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.set_default_timeout(60_000)
-            page.goto(served_subprocess + "/", wait_until="domcontentloaded")
-            page.locator("#editor input[type=file]").first.set_input_files(str(upload))
+            page.goto(served_subprocess + "/", wait_until="load")
             canvas = page.locator("#editor canvas").first
-            page.wait_for_timeout(1000)  # the editor draws the photo, then takes strokes
+            canvas.wait_for()  # the editor's canvas is up: it takes the upload now
+            page.locator("#editor input[type=file]").first.set_input_files(str(upload))
+            page.wait_for_function("!document.querySelector('#editor').innerText.includes('Upload an image')")
+            page.wait_for_timeout(500)  # the editor draws the photo, then takes strokes
             box = canvas.bounding_box()
             x, y = box["x"] + box["width"] / 2 - 50, box["y"] + box["height"] / 2
             page.mouse.move(x, y)
@@ -494,10 +499,15 @@ def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
             for step in range(1, 7):  # each move costs the software-rendered canvas a redraw
                 page.mouse.move(x + 16 * step, y + 3 * step)
             page.mouse.up()
-            page.wait_for_timeout(500)
+            page.wait_for_timeout(1000)  # the editor hands the stroke layer to the server
             page.click("#run")
-            page.wait_for_function("[...document.querySelectorAll('#results img')].filter("
-                                   "i => i.complete && i.naturalWidth > 0).length >= 2")
+            done = ("[...document.querySelectorAll('#results img')].filter(i => i.complete && i.naturalWidth > 0)"
+                    ".length >= 2 || document.querySelector('[data-testid=toast-body]') !== null")
+            page.wait_for_function(done)
+            toasts = page.locator("[data-testid=toast-body]").all_inner_texts()
+            if toasts:
+                page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+            assert not toasts, f"the page said: {toasts} (screenshot: {tmp_path / 'serve.png'})"
             page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
             sources = page.eval_on_selector_all("#results img", "els => els.map(e => e.src)")
             captions = page.inner_text("#results")

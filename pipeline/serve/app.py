@@ -3,25 +3,21 @@ HTTP routes for scripts, and the Gradio page mounted beside them on one FastAPI 
 
 from __future__ import annotations
 
-import os
+import tempfile
+import threading
+from pathlib import Path
 
-# Before gradio or huggingface_hub is imported: no telemetry, no version check, no hub lookups
-# (the SD preflight then only looks at local weights). A machine without internet would hang on them.
-for _name, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"),
-                      ("HF_HUB_DISABLE_TELEMETRY", "1"), ("GRADIO_RUN_HISTORY", "False"),
-                      ("GRADIO_MCP_SERVER", "False"), ("GRADIO_SSR_MODE", "False")):
-    os.environ.setdefault(_name, _value)
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
 
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
+from pipeline.config import CONFIG_DIR, DataConfig, VariantConfig, data_config
+from pipeline.serve import inpaint as core
 
-from fastapi import FastAPI, File, Form, Request, UploadFile  # noqa: E402
-from fastapi.responses import JSONResponse, Response  # noqa: E402
-
-from pipeline.config import CONFIG_DIR, DataConfig, VariantConfig, data_config  # noqa: E402
-from pipeline.serve import inpaint as core  # noqa: E402
-
+# Set by `serve` before anything imports gradio or asks the hub: no telemetry, no version check,
+# no hub lookups (the SD preflight then looks at local weights only). Without internet they hang.
+OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "GRADIO_RUN_HISTORY": "False", "GRADIO_MCP_SERVER": "False", "GRADIO_SSR_MODE": "False"}
 HOST = "127.0.0.1"  # local only unless asked (--host 0.0.0.0)
 PORT = 7860
 
@@ -73,12 +69,13 @@ class App:
             try:
                 self._images = {image.key: image for image in core.competition_images(self.data)}
             except Exception as exc:  # the page still works on uploads
-                self._images, self.images_error = {}, f"{core._first_lines(exc)}"
+                self._images, self.images_error = {}, core.first_lines(exc)
         return self._images
 
-    def run(self, name: str, photo: core.np.ndarray, mask: core.np.ndarray, label: str | None = None,
-            image_id: str = "upload", truth: core.np.ndarray | None = None) -> core.Result:
-        """One variant on one photo; a checkpoint that fails to load is a 422 RequestError."""
+    def run(self, name: str, photo: np.ndarray, mask: np.ndarray, label: str | None = None,
+            image_id: str = "upload", truth: np.ndarray | None = None) -> core.Result:
+        """Variant `name` on one photo (uint8 H, W, 3) and mask (bool H, W); a checkpoint that fails to
+        load (corrupted or removed since the start) is a 422 RequestError."""
         variant = self.variant(name)
         try:
             return core.inpaint(self.models, variant, photo, mask, label, image_id, truth)
@@ -137,8 +134,12 @@ def build_app(app: App | None = None) -> FastAPI:
 def serve(data_root: str | Path | None = None, host: str = HOST, port: int = PORT,
           max_pixels: int = core.MAX_PIXELS) -> None:
     """Start the server and block until it is stopped (Ctrl-C)."""
+    import os
+
     import uvicorn
 
+    for name, value in OFFLINE_ENV.items():
+        os.environ.setdefault(name, value)
     app = App(data_root=data_root, max_pixels=max_pixels)
     runnable = app.available()
     print(f"variants: {', '.join(runnable) or 'none'}"

@@ -241,7 +241,7 @@ class VariantStatus:
         return {"name": self.name, "method": self.method, "available": self.available, "why": self.why}
 
 
-def _first_lines(exc: Exception, lines: int = 6) -> str:
+def first_lines(exc: Exception, lines: int = 6) -> str:
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.splitlines()[:lines])
 
@@ -260,7 +260,7 @@ def discover_variants(configs_dir: Path, checkpoints_dir: Path = Path("checkpoin
                 continue  # a sweep (several variants over a base), not a variant
             variant = load_variant(path, data_root=data_root)
         except Exception as exc:
-            found.setdefault(path.stem, VariantStatus(path.stem, "?", f"{path}: {_first_lines(exc)}"))
+            found.setdefault(path.stem, VariantStatus(path.stem, "?", f"{path}: {first_lines(exc)}"))
             continue
         if variant.name in found:
             continue
@@ -271,7 +271,7 @@ def discover_variants(configs_dir: Path, checkpoints_dir: Path = Path("checkpoin
             try:
                 preflight(variant)
             except Exception as exc:  # a missing checkpoint, absent weights, a bad param, no diffusers...
-                status.why = _first_lines(exc)
+                status.why = first_lines(exc)
         found[variant.name] = status
     for best in sorted(Path(checkpoints_dir).glob("*/best.pt")):
         name = best.parent.name
