@@ -409,9 +409,10 @@ def test_a_validation_image_shows_its_truth_and_box_rmse(server, client, tmp_pat
     # page's functions as its events do, with the values the browser would send
     from pipeline.serve import page
 
-    value, key = page.pick_image(app, image.key)
-    assert key == image.key and np.array_equal(np.asarray(value["background"]), truth)
-    value = page.own_boxes(app, value, key)
+    editor, key = page.pick_image(app, image.key)
+    value = _as_sent(editor)
+    assert key == image.key and np.array_equal(np.asarray(value["background"].convert("RGB")), truth)
+    value = _as_sent(page.own_boxes(app, value, key))
     assert np.array_equal(np.asarray(value["layers"][0])[..., 3] > 0, mask)
     gallery, status, files = page.run(app, value, key, ["telea"])
     assert [caption.split(" - ")[0] for _, caption in gallery] == ["masked input", "ground truth", "telea"]
@@ -419,6 +420,37 @@ def test_a_validation_image_shows_its_truth_and_box_rmse(server, client, tmp_pat
     expected = rmse(result[mask], truth[mask])
     assert f"box RMSE {expected:.4f}" in gallery[2][1] and f"{expected:.4f}" in status
     assert np.array_equal(result[~mask], truth[~mask]) and expected > 0
+    # a photo uploaded after the pick replaces it: no truth, however long the key is remembered
+    value["background"] = Image.fromarray(_photo(256, 256)).convert("RGBA")
+    gallery, status, _ = page.run(app, value, key, ["telea"])
+    assert [caption for _, caption in gallery] == ["masked input", "telea"] and "**upload**" in status
+
+
+def _as_sent(editor) -> dict:
+    """What the page gets back from an editor the server set: its images, decoded (PIL RGBA)."""
+    value = editor.value
+    return {"background": Image.open(value["background"]["path"]).convert("RGBA"),
+            "layers": [Image.open(layer["path"]).convert("RGBA") for layer in value["layers"]], "composite": None}
+
+
+def test_boxes_placed_at_given_or_random_corners(server):
+    from pipeline.serve import page
+
+    app, _ = server
+    value = {"background": Image.fromarray(_photo(300, 200)).convert("RGBA"), "layers": [], "composite": None}
+    layers = _as_sent(page.place(app, value, 2, "10,20; 200,100", 0))["layers"]
+    assert len(layers) == 1
+    placed = np.asarray(layers[0])[..., 3] > 0
+    assert placed.sum() == 2 * 75 * 75 and placed[20, 10] and placed[174, 274] and not placed[19, 10]
+    random = np.asarray(_as_sent(page.place(app, value, 3, "", 7))["layers"][0])[..., 3] > 0
+    assert random.sum() == 3 * 75 * 75
+    import gradio as gr
+
+    for corners, words in (("250,10", "leaves the 300x200 image"), ("ten,20", "expected x,y")):
+        with pytest.raises(gr.Error, match=words):
+            page.place(app, value, 2, corners, 0)
+    with pytest.raises(gr.Error, match="pick a competition image first"):
+        page.own_boxes(app, value, None)
 
 
 # --- a real browser ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pipeline.config import DataConfig, PipelineError, VariantConfig, load_varia
 from pipeline.data.boxes import Box, boxes_mask
 from pipeline.data.competition import load_competition, read_image
 from pipeline.inpainters.base import METHODS, InpaintBatch, Inpainter, build_inpainter, composite, preflight
+from pipeline.score import rmse
 
 MAX_PIXELS = 4096 * 4096  # 16.8 megapixels: larger photos are refused (serve --max-pixels)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a file over this is refused before it is decoded
@@ -383,8 +384,6 @@ def inpaint(models: Models, variant: VariantConfig, photo: np.ndarray, mask: np.
             label: str | None = None, image_id: str = "upload", truth: np.ndarray | None = None) -> Result:
     """`photo` (uint8 H, W, 3) with the `mask` (bool H, W) pixels filled by `variant`; every other
     pixel is the photo's (the pipeline's `composite`, at the photo's size)."""
-    from pipeline.score import rmse
-
     masked = photo.copy()
     masked[mask] = 0  # the model never sees the pixels it fills
     size = model_input_size(variant)

@@ -45,14 +45,16 @@ def refuse_bad_uploads(editor: gr.ImageEditor, max_pixels: int) -> gr.ImageEdito
     return editor
 
 
-def _editor_value(background: Image.Image, mask: np.ndarray | None = None) -> dict:
-    """An ImageEditor value: the photo, and the mask (if any) as one translucent layer."""
+def _editor_value(background: Image.Image, mask: np.ndarray | None = None) -> gr.ImageEditor:
+    """The editor showing the photo, and the mask (if any) as one translucent layer. The canvas
+    takes the photo's size: the front end centres a layer on the canvas, not on the photo."""
     layers = []
     if mask is not None:
         layer = np.zeros((*mask.shape, 4), np.uint8)
         layer[mask] = MASK_RGBA
         layers.append(Image.fromarray(layer, "RGBA"))
-    return {"background": background, "layers": layers, "composite": None}
+    return gr.ImageEditor(value={"background": background, "layers": layers, "composite": None},
+                          canvas_size=background.size, format="png")  # png: lossless, as the editor's own
 
 
 def _editor_mask(value: dict | None, size: tuple[int, int]) -> np.ndarray:
@@ -108,13 +110,26 @@ def pick_image(app: App, key: str | None):
     return _editor_value(Image.fromarray(pixels)), key
 
 
+def _picked(app: App, background: Image.Image, key: str | None) -> core.CompetitionImage | None:
+    """The competition image picked, if the editor still shows it (a photo uploaded since replaces
+    it; gradio fires no reliable event for that, so the pixels tell)."""
+    image = app.images().get(key) if key else None
+    if image is None:
+        return None
+    pixels, _ = core.competition_pixels(image)
+    if background.size != (pixels.shape[1], pixels.shape[0]):
+        return None
+    shown = np.asarray(background.convert("RGB"), dtype=np.int16)
+    return image if np.abs(shown - pixels).mean() < 1.0 else None
+
+
 @_refusing
 def own_boxes(app: App, value: dict | None, key: str | None) -> dict:
     """The competition image's own boxes as the mask."""
-    if not key:
-        raise gr.Error("Own boxes: pick a competition image first (an uploaded photo has none; place boxes).")
-    image = app.images()[key]
     background = _background(value, app.max_pixels)
+    image = _picked(app, background, key)
+    if image is None:
+        raise gr.Error("Own boxes: pick a competition image first (an uploaded photo has none; place boxes).")
     return _editor_value(background, core.boxes_mask(image.boxes, background.size[1], background.size[0]))
 
 
@@ -128,6 +143,7 @@ def place(app: App, value: dict | None, count, corners: str, seed) -> dict:
 
 
 def clear_mask(value: dict | None):
+    """The editor with the photo and no mask."""
     if not value or value.get("background") is None:
         return gr.update()
     return _editor_value(value["background"])
@@ -138,16 +154,17 @@ def run(app: App, value: dict | None, key: str | None, names: list[str]):
     """The button: (gallery [(PNG path, caption)]: masked input, ground truth for a validation
     image, each variant's result; status Markdown: timings, box RMSE, failures; result PNG paths).
 
-    value: the editor's {"background", "layers"} (PIL RGBA); key: the competition image picked
-    (its pixels are read from the competition, not from the canvas) or None for an upload.
+    value: the editor's {"background", "layers"} (PIL RGBA); key: the competition image last
+    picked, or None; while the editor shows it, its pixels are read from the competition (not the
+    canvas's copy) and a validation image's truth is known.
     """
     started = time.perf_counter()
     if not names:
         raise gr.Error("Pick at least one variant.")
     background = _background(value, app.max_pixels)
     label, image_id, truth = None, "upload", None
-    if key:
-        image = app.images()[key]
+    image = _picked(app, background, key)
+    if image is not None:  # its pixels as stored, not the canvas's copy
         pixels, is_truth = core.competition_pixels(image)
         label, image_id = image.label, image.image_id
         truth = pixels if is_truth else None
@@ -209,13 +226,13 @@ def build_page(app: App) -> gr.Blocks:
                     "(size, undo and clear are in the editor's toolbar) or place boxes, pick variants, press "
                     f"**Inpaint**. Photos up to {app.max_pixels / 1e6:.1f} megapixels; only the painted pixels "
                     "change.")
-        source = gr.State(None)  # the competition image's key, or None for an upload
+        source = gr.State(None)  # the competition image last picked (used while the editor shows it)
         with gr.Row():
             with gr.Column(scale=3):
                 editor = refuse_bad_uploads(gr.ImageEditor(
                     label="Photo and mask", type="pil", image_mode="RGBA", sources=("upload", "clipboard"),
                     transforms=(), layers=False, brush=BRUSH, eraser=gr.Eraser(default_size=12), format="png",
-                    canvas_size=(512, 512), elem_id="editor"), app.max_pixels)
+                    canvas_size=(app.data.image_size, app.data.image_size), elem_id="editor"), app.max_pixels)
             with gr.Column(scale=2):
                 pick = gr.Dropdown(choices=list(images), value=None, label="Competition image", info=image_note,
                                    filterable=True, elem_id="pick")
@@ -242,8 +259,6 @@ def build_page(app: App) -> gr.Blocks:
         downloads = gr.File(label="Results as PNG", file_count="multiple", elem_id="downloads")
 
         pick.change(lambda key: pick_image(app, key), [pick], [editor, source], api_name=False)
-        editor.upload(lambda: None, None, [source], api_name=False)  # an upload replaces a picked image
-        editor.clear(lambda: None, None, [source], api_name=False)
         own.click(lambda value, key: own_boxes(app, value, key), [editor, source], [editor], api_name=False)
         place_button.click(lambda value, n, xy, s: place(app, value, n, xy, s), [editor, count, corners, seed],
                            [editor], api_name=False)
