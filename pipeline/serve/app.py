@@ -3,6 +3,8 @@ HTTP routes for scripts, and the Gradio page mounted beside them on one FastAPI 
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -36,6 +38,7 @@ class App:
         self.max_pixels = max_pixels
         self.models = core.Models(self.checkpoints_dir)
         self.outputs = Path(tempfile.mkdtemp(prefix="pipeline-serve-"))  # result PNGs for download
+        atexit.register(shutil.rmtree, self.outputs, ignore_errors=True)
         self._lock = threading.Lock()
         self.variants: list[core.VariantStatus] = []
         self._images: dict[str, core.CompetitionImage] | None = None
