@@ -27,7 +27,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train
+.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ compare: setup ## write submissions/report.html + .png: table, RMSE chart, per c
 sd: setup ## zero-shot SD inpainting: one submission + leaderboard row per variant of SWEEP (ONLY=a,b GPUS=n)
 	$(SD_RUN) sd --sweep $(SWEEP) $(if $(ONLY),--only $(ONLY),) $(DATA_ARG)
 
+serve: setup ## local web app: upload/pick an image, brush a mask, inpaint with variants (HOST= PORT= DATA=)
+	$(RUN) serve $(DATA_ARG) $(if $(HOST),--host $(HOST),) $(if $(PORT),--port $(PORT),)
+
 kaggle-submit: setup ## upload VARIANT's validated CSV to COMPETITION and confirm it arrived
 	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-submit VARIANT=<name> COMPETITION=<slug> [DATA=<folder it was submitted on>]"; exit 2; }
 	$(RUN) kaggle-submit --variant $(VARIANT) --competition $(COMPETITION) $(DATA_ARG)
@@ -86,5 +89,16 @@ demo: sample ## offline, end to end: sample, baselines, pix2pix training, submis
 	$(RUN) submit --variant pix2pix-cpu
 	$(RUN) leaderboard
 
-test: setup ## run the test suite
+test: setup chromium ## run the test suite
 	$(PY) -m pytest -q tests
+
+chromium: ## Debian's chromium for the web app's browser test (apt-get, as root); without it that test skips
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "note: no /usr/bin/chromium and not root with apt-get: the browser test will skip"; \
+	else \
+		echo "installing chromium (apt-get) for the browser test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+			|| echo "note: apt-get could not install chromium: the browser test will skip"; \
+	fi

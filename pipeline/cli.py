@@ -12,6 +12,7 @@
     compare       write submissions/report.html (+ .png): table, RMSE chart, per class, gallery
     sd            run a sweep of variants (e.g. SD prompts): one submission + leaderboard row each
     train         train a trainable variant (pix2pix, pconv, glcic): checkpoints/<variant>/, runs/<variant>/
+    serve         a local web app (and HTTP route) to inpaint a photo with any variant
 """
 
 from __future__ import annotations
@@ -303,6 +304,12 @@ def cmd_kaggle_scores(args) -> None:
     print(leaderboard.format())
 
 
+def cmd_serve(args) -> None:
+    from pipeline.serve import serve
+
+    serve(data_root=args.data, host=args.host, port=args.port, max_pixels=args.max_pixels)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -358,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", help="comma-separated variant names (default: every variant on the leaderboard)")
     p.add_argument("--images", type=int, default=6, help="gallery rows (validation images)")
     p.add_argument("--out", default="submissions/report.html", help="HTML path; the PNG goes beside it")
+    p = add("serve", cmd_serve, "a local web app: upload or pick an image, brush a mask, inpaint with any variant")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest photo accepted, in pixels")
     return parser
 
 

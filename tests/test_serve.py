@@ -1,0 +1,563 @@
+"""The web app (make serve): the HTTP route and the page's endpoint called from Python (requests and
+gradio_client), every bad input, models loaded once and locked per variant, and one run in a real
+headless browser (Debian's chromium driven by Playwright).
+
+One server, in this process, serves the API tests: it binds 127.0.0.1 on a free port and stops
+at the end of the module; any lookup of a host other than this machine fails the tests (Gradio
+must not phone home). The browser test starts `python -m pipeline serve` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.checkpoint import save_checkpoint
+from pipeline.config import load_variant
+from pipeline.inpainters import pix2pix as p2p
+from pipeline.inpainters.base import METHODS, InpaintBatch, Inpainter
+from tests.conftest import REPO
+
+# gradio 6.31's queue calls pandas options that pandas 3 deprecates: not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+
+MAX_PIXELS = 600 * 600  # the test server's limit: a "huge" image stays cheap to make
+TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_init="telea")
+
+
+class SlowInpainter(Inpainter):
+    """Fills with grey after a pause, counting how often it is built and how many run at once."""
+
+    builds = 0
+    active = 0
+    most_active = 0
+    guard = threading.Lock()
+
+    @classmethod
+    def check_params(cls, variant):
+        pass
+
+    @classmethod
+    def from_config(cls, variant):
+        with cls.guard:
+            cls.builds += 1
+        return cls()
+
+    def inpaint(self, batch: InpaintBatch) -> np.ndarray:
+        cls = type(self)
+        with cls.guard:
+            cls.active += 1
+            cls.most_active = max(cls.most_active, cls.active)
+        time.sleep(0.4)
+        with cls.guard:
+            cls.active -= 1
+        out = batch.masked_images.copy()
+        out[batch.masks] = 128
+        return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_checkpoint(root: Path, name: str) -> Path:
+    """configs/<name>.yaml (a tiny pix2pix) and its checkpoint, written by the pipeline's own
+    checkpoint code (untrained weights: the app only needs a loadable generator)."""
+    path = root / "checkpoints" / name / "best.pt"
+    config = _write_config(root, name, "pix2pix", {**TINY, "checkpoint": str(path)})
+    variant = load_variant(config)
+    typed = p2p.FAMILY.config(variant)
+    torch.manual_seed(0)
+    save_checkpoint(path, {"config": {**variant.to_dict(), "params": typed.params()},
+                           "generator": p2p.FAMILY.build_generator(typed).state_dict()})
+    return path
+
+
+def _write_config(root: Path, name: str, method: str, params: dict | None = None) -> Path:
+    path = root / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"name": name, "method": method, "params": params or {}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def offline_module():
+    """Any lookup of a host other than this machine fails (module-wide: the server's threads too)."""
+    real = socket.getaddrinfo
+
+    def local_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise OSError(f"the web app tried to reach {host!r}; it must stay offline")
+        return real(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "getaddrinfo", local_only)
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield
+
+
+@pytest.fixture(scope="module")
+def site(sample_template, tmp_path_factory) -> Path:
+    """A folder with the small sample, variant configs and checkpoints:
+
+    telea, mean (copied from configs/); slow (the test method above); tiny (a pix2pix with a
+    valid checkpoint); flaky (the same, for the test that corrupts it); missing (its checkpoint
+    does not exist); broken (its checkpoint is garbage); orphan (a checkpoint with no config);
+    a sweep file (skipped).
+    """
+    root = tmp_path_factory.mktemp("serve")
+    shutil.copytree(sample_template / "data", root / "data")
+    (root / "configs").mkdir()
+    for name in ("telea", "mean"):
+        shutil.copy(REPO / "configs" / f"{name}.yaml", root / "configs")
+    shutil.copy(REPO / "configs" / "sd-prompts.yaml", root / "configs")
+    _write_config(root, "slow", "slow")
+    _tiny_checkpoint(root, "tiny")
+    _tiny_checkpoint(root, "flaky")
+    _write_config(root, "missing", "pix2pix", {**TINY, "checkpoint": str(root / "checkpoints/missing/best.pt")})
+    _write_config(root, "broken", "pix2pix", {**TINY, "checkpoint": str(root / "checkpoints/broken/best.pt")})
+    (root / "checkpoints/broken").mkdir(parents=True)
+    (root / "checkpoints/broken/best.pt").write_bytes(b"not a checkpoint at all")
+    (root / "checkpoints/orphan").mkdir(parents=True)
+    (root / "checkpoints/orphan/best.pt").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(site, offline_module):
+    """The app serving `site` on 127.0.0.1:<free port> in a thread; stopped after the module."""
+    import uvicorn
+
+    from pipeline.serve import App, build_app
+    from pipeline.serve.app import OFFLINE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in OFFLINE_ENV.items():  # as `serve` sets them
+            mp.setenv(name, value)
+        mp.setitem(METHODS, "slow", "tests.test_serve:SlowInpainter")
+        app = App(configs_dir=site / "configs", checkpoints_dir=site / "checkpoints",
+                  data_root=site / "data/sample", max_pixels=MAX_PIXELS)
+        port = _free_port()
+        uv = uvicorn.Server(uvicorn.Config(build_app(app), host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=2))
+        thread = threading.Thread(target=uv.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not uv.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start within 30 s"
+            time.sleep(0.05)
+        try:
+            yield app, f"http://127.0.0.1:{port}"
+        finally:
+            uv.should_exit = True
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "the server did not stop within 10 s"
+
+
+def _photo(width: int = 300, height: int = 200, seed: int = 0) -> np.ndarray:
+    """A smooth RGB test photo, uint8 (H, W, 3), no pure black pixel (so blanks can be told apart)."""
+    y, x = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(seed)
+    channels = [np.sin(x / (17 + 5 * c) + y / (23 + 3 * c) + c) for c in range(3)]
+    image = np.stack(channels, -1) * 100 + 128 + rng.normal(0, 4, (height, width, 3))
+    return np.clip(image, 1, 255).astype(np.uint8)
+
+
+def _png(image: Image.Image | np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def _mask(width: int, height: int, box=(120, 60, 60, 50)) -> np.ndarray:
+    x, y, w, h = box
+    mask = np.zeros((height, width), bool)
+    mask[y:y + h, x:x + w] = True
+    return mask
+
+
+def _post(url: str, image: bytes, mask: bytes, variant: str = "telea") -> httpx.Response:
+    return httpx.post(f"{url}/api/inpaint", files={"image": ("photo", image), "mask": ("mask.png", mask)},
+                      data={"variant": variant}, timeout=60)
+
+
+def _decode(response: httpx.Response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return Image.open(io.BytesIO(response.content))
+
+
+# --- the HTTP route -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["telea", "tiny"])
+def test_route_fills_only_the_mask_at_the_photos_size(server, variant):
+    app, url = server
+    photo = _photo(300, 200)
+    mask = _mask(300, 200)
+    result = np.asarray(_decode(_post(url, _png(photo), _png(mask.astype(np.uint8) * 255), variant)))
+    assert result.shape == photo.shape
+    assert np.array_equal(result[~mask], photo[~mask])
+    assert not np.array_equal(result[mask], photo[mask])
+    assert (result[mask] > 0).mean() > 0.9, "the hole was left blank"
+
+
+def test_modes_and_exif_orientation(server):
+    _, url = server
+    photo = _photo(120, 80)
+    # RGBA with transparency: the result keeps the alpha and the colours outside the mask
+    rgba = np.dstack([photo, np.tile(np.linspace(0, 255, 120).astype(np.uint8), (80, 1))])
+    mask = _mask(120, 80, (40, 20, 30, 30))
+    holes = _png(mask.astype(np.uint8) * 255)
+    out = np.asarray(_decode(_post(url, _png(Image.fromarray(rgba, "RGBA")), holes)))
+    assert out.shape == (80, 120, 4)
+    assert np.array_equal(out[..., 3], rgba[..., 3]) and np.array_equal(out[~mask], rgba[~mask])
+    # grayscale in, grayscale out
+    gray = np.asarray(Image.fromarray(photo).convert("L"))
+    out = _decode(_post(url, _png(Image.fromarray(gray, "L")), holes))
+    assert out.mode == "L" and np.array_equal(np.asarray(out)[~mask], gray[~mask])
+    # 16-bit grayscale comes back 8-bit
+    deep = Image.fromarray(gray.astype(np.uint16) * 257)
+    out = _decode(_post(url, _png(deep), holes))
+    assert out.mode == "L" and np.array_equal(np.asarray(out)[~mask], gray[~mask])
+    # a JPEG stored 120x80 with EXIF orientation 6 shows (and is inpainted) as 80x120
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg = _png(Image.fromarray(photo), "JPEG", quality=95, exif=exif)
+    shown = np.asarray(Image.open(io.BytesIO(jpeg)).transpose(Image.Transpose.ROTATE_270).convert("RGB"))
+    upright = _mask(80, 120, (20, 40, 30, 30))
+    out = np.asarray(_decode(_post(url, jpeg, _png(upright.astype(np.uint8) * 255))))
+    assert out.shape == (120, 80, 3) and np.array_equal(out[~upright], shown[~upright])
+    wrong = _post(url, jpeg, holes)  # a mask drawn on the stored (unrotated) pixels
+    assert wrong.status_code == 400 and "120x80, but the image is 80x120" in wrong.json()["error"]
+    # a brush layer: opaque strokes on a transparent mask
+    layer = np.zeros((80, 120, 4), np.uint8)
+    layer[mask] = (255, 0, 255, 150)
+    out = np.asarray(_decode(_post(url, _png(photo), _png(Image.fromarray(layer, "RGBA")))))
+    assert np.array_equal(out[~mask], photo[~mask]) and not np.array_equal(out[mask], photo[mask])
+
+
+def test_route_refuses_bad_input_with_a_message_and_keeps_serving(server):
+    _, url = server
+    photo, mask = _photo(), _png(_mask(300, 200).astype(np.uint8) * 255)
+    cases = {
+        "not an image": (_post(url, b"%PDF-1.4 this is no photo", mask), 400, "image: not an image"),
+        "empty file": (_post(url, b"", mask), 400, "image: the file is empty"),
+        "empty mask": (_post(url, _png(photo), _png(np.zeros((200, 300), np.uint8))), 400, "the mask is empty"),
+        "huge": (_post(url, _png(np.full((700, 700, 3), 90, np.uint8)), mask), 413, "0.5 megapixels; the limit is 0.4"),
+        "unknown variant": (_post(url, _png(photo), mask, "nope"), 404, "no variant 'nope'; runnable:"),
+        "missing checkpoint": (_post(url, _png(photo), mask, "missing"), 422, "no checkpoint there"),
+        "corrupt checkpoint": (_post(url, _png(photo), mask, "broken"), 422, "not a checkpoint of this pipeline"),
+        "orphan checkpoint": (_post(url, _png(photo), mask, "orphan"), 422, "no configs/orphan.yaml"),
+    }
+    for case, (response, status, words) in cases.items():
+        assert response.status_code == status, (case, response.text)
+        assert words in response.json()["error"], (case, response.json())
+    assert _post(url, _png(photo), mask).status_code == 200  # still serving
+
+
+def test_variants_are_discovered_with_why_not(server):
+    _, url = server
+    listed = {v["name"]: v for v in httpx.get(f"{url}/api/variants", timeout=10).json()}
+    assert {n for n, v in listed.items() if v["available"]} == {"telea", "mean", "slow", "tiny", "flaky"}
+    assert "no checkpoint there" in listed["missing"]["why"]
+    assert "not a checkpoint of this pipeline" in listed["broken"]["why"]
+    assert "no configs/orphan.yaml" in listed["orphan"]["why"]
+    assert not any(name.startswith("sd") for name in listed), "a sweep file is not a variant"
+    assert list(listed)[:2] == ["mean", "telea"], "the any-size methods come first"
+
+
+def test_a_model_is_loaded_once_and_a_second_request_waits_its_turn(server):
+    app, url = server
+    photo, mask = _png(_photo()), _png(_mask(300, 200).astype(np.uint8) * 255)
+    SlowInpainter.builds = SlowInpainter.most_active = 0
+    responses = [None, None, None]
+
+    def call(i):
+        responses[i] = _post(url, photo, mask, "slow")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    elapsed = time.perf_counter() - started
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert SlowInpainter.builds == 1, "each request built its own model"
+    assert SlowInpainter.most_active == 1, "two requests ran the same model at once"
+    assert elapsed >= 3 * 0.4 - 0.05
+    assert app.models.loads["slow"] == 1
+    # a pix2pix checkpoint too: loaded by the first request, reused by the next
+    before = app.models.loads.get("tiny", 0)
+    for _ in range(2):
+        assert _post(url, photo, mask, "tiny").status_code == 200
+    assert app.models.loads["tiny"] - before <= 1 and app.models.loads["tiny"] >= 1
+
+
+# --- the page's endpoint, through gradio_client ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    from gradio_client import Client
+
+    _, url = server
+    client = Client(url + "/", verbose=False, analytics_enabled=False,
+                    download_files=str(tmp_path_factory.mktemp("client")))
+    yield client
+    client.close()  # its heartbeat stream would hold the server open
+
+
+def _editor(tmp_path: Path, photo: np.ndarray | None, mask: np.ndarray | None, name="photo.png") -> dict:
+    """An ImageEditor value as the browser sends it: the photo, and the mask as a brush layer."""
+    from gradio_client import handle_file
+
+    value = {"background": None, "layers": [], "composite": None}
+    if photo is not None:
+        path = tmp_path / name
+        path.write_bytes(_png(photo))
+        value["background"] = handle_file(str(path))
+    if mask is not None:
+        layer = np.zeros((*mask.shape, 4), np.uint8)
+        layer[mask] = (255, 0, 255, 150)
+        path = tmp_path / "layer.png"
+        Image.fromarray(layer, "RGBA").save(path)
+        value["layers"] = [handle_file(str(path))]
+    return value
+
+
+def test_page_endpoint_shows_masked_input_and_each_result(client, tmp_path):
+    photo, mask = _photo(), _mask(300, 200)
+    gallery, status, files = client.predict(_editor(tmp_path, photo, mask), ["telea", "tiny"], api_name="/inpaint")
+    assert [item["caption"] for item in gallery] == ["masked input", "telea", "tiny"]
+    masked = np.asarray(Image.open(gallery[0]["image"]))
+    assert (masked[mask] == 0).all() and np.array_equal(masked[~mask], photo[~mask])
+    assert sorted(Path(f).name for f in files) == ["upload-telea.png", "upload-tiny.png"]
+    for path in files:
+        result = np.asarray(Image.open(path))
+        assert np.array_equal(result[~mask], photo[~mask]) and not np.array_equal(result[mask], photo[mask])
+    assert "| telea |" in status and "| tiny |" in status
+
+
+def test_page_endpoint_refuses_bad_input_with_a_message(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    photo, mask = _photo(), _mask(300, 200)
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a photo")
+    from gradio_client import handle_file
+
+    cases = {
+        "no image": (_editor(tmp_path, None, None), ["telea"], "No image"),
+        "not an image": ({"background": handle_file(str(text)), "layers": [], "composite": None}, ["telea"],
+                         "not an image"),
+        "empty mask": (_editor(tmp_path, photo, None), ["telea"], "the mask is empty"),
+        "huge": (_editor(tmp_path, np.full((700, 700, 3), 90, np.uint8), _mask(700, 700), "huge.png"), ["telea"],
+                 "700x700 is 0.5 megapixels; the limit is 0.4 megapixels"),
+        "no variant": (_editor(tmp_path, photo, mask), [], "Pick at least one variant"),
+    }
+    for case, (value, names, words) in cases.items():
+        with pytest.raises(AppError) as err:
+            client.predict(value, names, api_name="/inpaint")
+        assert words in str(err.value), (case, str(err.value))
+    gallery, _, _ = client.predict(_editor(tmp_path, photo, mask), ["telea"], api_name="/inpaint")
+    assert len(gallery) == 2  # still serving
+
+
+def test_a_checkpoint_corrupted_or_removed_after_start_is_reported_not_served(server, client, tmp_path):
+    app, url = server
+    photo, mask = _photo(), _mask(300, 200)
+    value = _editor(tmp_path, photo, mask)
+    gallery, status, _ = client.predict(value, ["flaky"], api_name="/inpaint")  # loads it
+    assert len(gallery) == 2
+    checkpoint = Path(load_variant(app.configs_dir / "flaky.yaml").params["checkpoint"])
+    checkpoint.write_bytes(b"garbage")
+    gallery, status, files = client.predict(value, ["flaky", "telea"], api_name="/inpaint")
+    assert [item["caption"] for item in gallery] == ["masked input", "telea"]
+    assert "flaky" in status and "not a checkpoint of this pipeline" in status
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="No variant produced a result. flaky: .*not a checkpoint of this pipeline"):
+        client.predict(value, ["flaky"], api_name="/inpaint")
+    checkpoint.unlink()
+    response = _post(url, _png(photo), _png(mask.astype(np.uint8) * 255), "flaky")
+    assert response.status_code == 422 and "no checkpoint there" in response.json()["error"]
+    assert _post(url, _png(photo), _png(mask.astype(np.uint8) * 255)).status_code == 200
+
+
+def test_a_validation_image_shows_its_truth_and_box_rmse(server, client, tmp_path):
+    """Picking a competition image: its own boxes as the mask, the truth, RMSE on those boxes."""
+    from pipeline.score import rmse
+    from pipeline.serve import inpaint as core
+
+    app, _ = server
+    image = next(i for i in app.images().values() if i.split == "val")
+    truth, is_truth = core.competition_pixels(image)
+    assert is_truth
+    mask = core.boxes_mask(image.boxes, *truth.shape[:2])
+    # the page keeps the picked image's key in a State, which gradio_client cannot set: call the
+    # page's functions as its events do, with the values the browser would send
+    from pipeline.serve import page
+
+    editor, key = page.pick_image(app, image.key)
+    value = _as_sent(editor)
+    assert key == image.key and np.array_equal(np.asarray(value["background"].convert("RGB")), truth)
+    value = _as_sent(page.own_boxes(app, value, key))
+    assert np.array_equal(np.asarray(value["layers"][0])[..., 3] > 0, mask)
+    gallery, status, files = page.run(app, value, key, ["telea"])
+    assert [caption.split(" - ")[0] for _, caption in gallery] == ["masked input", "ground truth", "telea"]
+    result = np.asarray(Image.open(files[0]))
+    expected = rmse(result[mask], truth[mask])
+    assert f"box RMSE {expected:.4f}" in gallery[2][1] and f"{expected:.4f}" in status
+    assert np.array_equal(result[~mask], truth[~mask]) and expected > 0
+    # a photo uploaded after the pick replaces it: no truth, however long the key is remembered
+    value["background"] = Image.fromarray(_photo(256, 256)).convert("RGBA")
+    gallery, status, _ = page.run(app, value, key, ["telea"])
+    assert [caption for _, caption in gallery] == ["masked input", "telea"] and "**upload**" in status
+
+
+def _as_sent(editor) -> dict:
+    """What the page gets back from an editor the server set: its images, decoded (PIL RGBA)."""
+    value = editor.value
+    return {"background": Image.open(value["background"]["path"]).convert("RGBA"),
+            "layers": [Image.open(layer["path"]).convert("RGBA") for layer in value["layers"]], "composite": None}
+
+
+def test_boxes_placed_at_given_or_random_corners(server):
+    from pipeline.serve import page
+
+    app, _ = server
+    value = {"background": Image.fromarray(_photo(300, 200)).convert("RGBA"), "layers": [], "composite": None}
+    layers = _as_sent(page.place(app, value, 2, "10,20; 200,100", 0))["layers"]
+    assert len(layers) == 1
+    placed = np.asarray(layers[0])[..., 3] > 0
+    assert placed.sum() == 2 * 75 * 75 and placed[20, 10] and placed[174, 274] and not placed[19, 10]
+    random = np.asarray(_as_sent(page.place(app, value, 3, "", 7))["layers"][0])[..., 3] > 0
+    assert random.sum() == 3 * 75 * 75
+    import gradio as gr
+
+    for corners, words in (("250,10", "leaves the 300x200 image"), ("ten,20", "expected x,y")):
+        with pytest.raises(gr.Error, match=words):
+            page.place(app, value, 2, corners, 0)
+    with pytest.raises(gr.Error, match="pick a competition image first"):
+        page.own_boxes(app, value, None)
+
+
+# --- a real browser ----------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 # nothing but this machine resolves: a page that reaches out fails at once, never hangs
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+
+
+def _browser_missing() -> str:
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright Python package (pip install -r requirements.txt)")
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (apt-get install chromium, as root; `make test` does it)")
+    return " and ".join(missing)
+
+
+@pytest.fixture
+def served_subprocess(workspace, tmp_path):
+    """`python -m pipeline serve` on 127.0.0.1:<free port> in the workspace; stopped afterwards."""
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_PROXY": "127.0.0.1,localhost"}
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port),
+                                "--data", "data/sample"], cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/api/variants", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "make serve did not answer within 60 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
+    missing = _browser_missing()
+    if missing:
+        pytest.skip(f"browser test needs {missing}")
+    from playwright.sync_api import sync_playwright
+
+    photo = _photo(256, 256, seed=3)
+    upload = tmp_path / "photo.png"
+    Image.fromarray(photo).save(upload)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(60_000)
+            page.goto(served_subprocess + "/", wait_until="load")
+            canvas = page.locator("#editor canvas").first
+            canvas.wait_for()  # the editor's canvas is up: it takes the upload now
+            page.locator("#editor input[type=file]").first.set_input_files(str(upload))
+            page.wait_for_function("!document.querySelector('#editor').innerText.includes('Upload an image')")
+            page.wait_for_timeout(500)  # the editor draws the photo, then takes strokes
+            box = canvas.bounding_box()
+            x, y = box["x"] + box["width"] / 2 - 50, box["y"] + box["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            for step in range(1, 7):  # each move costs the software-rendered canvas a redraw
+                page.mouse.move(x + 16 * step, y + 3 * step)
+            page.mouse.up()
+            page.wait_for_timeout(1000)  # the editor hands the stroke layer to the server
+            page.click("#run")
+            done = ("[...document.querySelectorAll('#results img')].filter(i => i.complete && i.naturalWidth > 0)"
+                    ".length >= 2 || document.querySelector('[data-testid=toast-body]') !== null")
+            page.wait_for_function(done)
+            toasts = page.locator("[data-testid=toast-body]").all_inner_texts()
+            if toasts:
+                page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+            assert not toasts, f"the page said: {toasts} (screenshot: {tmp_path / 'serve.png'})"
+            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+            sources = page.eval_on_selector_all("#results img", "els => els.map(e => e.src)")
+            captions = page.inner_text("#results")
+            masked, result = (np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+                              for src in sources[:2])
+        finally:
+            browser.close()
+    assert "telea" in captions
+    assert (tmp_path / "serve.png").stat().st_size > 10_000
+    stroke = (masked != photo).any(-1)  # the painted pixels: blank in the masked input
+    assert 200 < stroke.sum() < 256 * 256 // 4, f"the stroke covers {stroke.sum()} pixels"
+    assert (masked[stroke] == 0).all()
+    assert np.array_equal(result[~stroke], photo[~stroke]), "pixels outside the stroke changed"
+    assert not np.array_equal(result[stroke], photo[stroke]) and (result[stroke] > 0).mean() > 0.9
