@@ -290,3 +290,17 @@ def test_read_only_competition_with_outputs_elsewhere(workspace, tmp_path, monke
     assert (working / "submissions/telea.csv").exists() and (working / "submissions/leaderboard.csv").exists()
     assert any((working / "data/predictions").iterdir())
     assert os.access(working / "submissions/telea.csv", os.R_OK)
+
+
+def test_kaggle_submit_refuses_a_csv_on_the_wrong_scale_or_format(workspace, standin, capsys):
+    _run(capsys, "submit", "--variant", "mean")
+    csv = Path("submissions/mean.csv")
+    table = pd.read_csv(csv, dtype=str)
+    table["Value"] = (table["Value"].astype(float) * 255).round().astype(int).astype(str)
+    table.to_csv(csv, index=False)  # 0..255 integers, as a generic pipeline writes them
+    code, _, err = _run(capsys, "kaggle-submit", "--variant", "mean", "--competition", SLUG)
+    assert code == 2 and "values are pixel/255 on 0..1" in err
+    table.rename(columns={"filename_box_pixel": "Id", "Value": "Predicted"}).to_csv(csv, index=False)
+    code, _, err = _run(capsys, "kaggle-submit", "--variant", "mean", "--competition", SLUG)
+    assert code == 2 and "header is ['Id', 'Predicted'], expected ['filename_box_pixel', 'Value']" in err
+    assert "StartSubmissionUpload" not in standin.call_names()

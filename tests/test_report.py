@@ -213,3 +213,15 @@ def test_notebook_runs_top_to_bottom_on_the_sample(name, figures, baselines, mon
     assert f"python: {sys.executable}\n" in printed, "the notebook ran in another Python than the project's"
     assert f"workspace: {baselines.resolve()}\n" in printed
     assert sum("image/png" in output.get("data", {}) for output in outputs) >= figures
+
+
+def test_rows_of_another_validation_split_are_listed_apart(board):
+    """A variant scored on other validation images is not ranked beside the others: it gets a note."""
+    Leaderboard().record({"variant": "elsewhere", "method": "telea", "val_rmse": 0.01, "split": "another-split",
+                          "data": "data/raw/other"})
+    rows = report.select_rows(Leaderboard(), split=Leaderboard().read().iloc[0]["split"])
+    assert "elsewhere" not in set(rows["variant"]) and set(BASELINES) <= set(rows["variant"])
+    written = report.build_report(Leaderboard(), board / "submissions/report.html", images=0, progress=False,
+                                  data_root=Leaderboard().read().iloc[0]["data"])
+    assert "elsewhere" not in written.variants
+    assert "elsewhere: scored on other validation splits (data/raw/other), so not ranked here" in written.notes["other splits"]
