@@ -90,7 +90,7 @@ demo: sample ## offline, end to end: sample, baselines, pix2pix training, submis
 	$(RUN) leaderboard
 
 test: setup chromium ## run the test suite
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 chromium: ## Debian's chromium for the web app's browser test (apt-get, as root); without it that test skips
 	@if [ -x /usr/bin/chromium ]; then :; \

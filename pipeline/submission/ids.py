@@ -121,9 +121,11 @@ class IdCodec:
         frame = int(self.box_xy.max(initial=0)) + self.box_size if self.fmt.coords == "image" else self.box_size
         (lit_row, _), (lit_col, _), (lit_ch, _), *rest = tail
         end = "".join(lit for lit, _ in rest)
-        rendered = [f"{lit_row}{y}{lit_col}{x}{lit_ch}{c}{end}" for y in range(frame) for x in range(frame) for c in range(3)]
+        y, x, c = (a.reshape(-1) for a in np.meshgrid(np.arange(frame), np.arange(frame), np.arange(3), indexing="ij"))
+        parts = [lit_row, self._numbers.take(pa.array(y)), lit_col, self._numbers.take(pa.array(x)), lit_ch,
+                 self._numbers.take(pa.array(c)), end]
         self._frame = frame
-        return pieces[:start], pa.array(rendered, pa.string())
+        return pieces[:start], pc.binary_join_element_wise(*[p for p in parts if not isinstance(p, str) or p], "")
 
     def _render(self, pieces, values: dict) -> list:
         out = []

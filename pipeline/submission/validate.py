@@ -57,7 +57,7 @@ def validate_stream(stream, path: Path, spec: SubmissionSpec, progress: bool = F
     reader = open_csv(stream, spec.columns, path)
     if tuple(reader.schema.names) != spec.columns:
         raise SubmissionError(_header_message(path, reader.schema.names, spec))
-    rows, total, blank_at = 0, 0, None
+    rows, total, blank_at, canonical, parsed = 0, 0, None, [], False
     bar = tqdm(total=spec.expected_rows, desc=f"validate {path.name}", unit="val", unit_scale=True,
                disable=not progress)
     for batch in batches(reader, path):
@@ -77,14 +77,20 @@ def validate_stream(stream, path: Path, spec: SubmissionSpec, progress: bool = F
             if blank_at is None:
                 blank_at = rows + first
             batch, ids, values = batch.slice(0, first), ids.slice(0, first), values.slice(0, first)
-        keys = _canonical_keys(spec, ids, rows)
-        if keys is None:  # rows in another order than the writer's: parse every id
-            keys = spec.codec.parse(ids, fail).key
+        if _is_canonical(spec, ids, rows):  # our own order: keys rows..rows+n, summed once at the end
+            canonical.append((rows, rows + len(ids)))
+        else:  # rows in another order than the writer's: parse every id
+            total = add_keysums(total, keysum(spec.codec.parse(ids, fail).key))
+            parsed = True
         check_values(values, spec, fail)
-        total = add_keysums(total, keysum(keys))
         rows += len(ids)
         bar.update(len(ids))
     bar.close()
+    if parsed or rows != spec.expected_rows:
+        for start, end in canonical:
+            total = add_keysums(total, keysum(np.arange(start, end, dtype=np.int64)))
+    else:  # every row in the writer's order: exactly the expected ids
+        total = spec.expected_keysum
     if rows != spec.expected_rows or total != spec.expected_keysum:
         _diagnose(path, spec, rows)
     return rows
@@ -97,15 +103,13 @@ def _header_message(path: Path, names, spec: SubmissionSpec) -> str:
     return message
 
 
-def _canonical_keys(spec: SubmissionSpec, ids: pa.Array, start: int) -> np.ndarray | None:
-    """Keys of a batch that is exactly the writer's rows from `start` on (our own files): one
-    vectorised comparison instead of a parse. None when the batch is in any other order."""
+def _is_canonical(spec: SubmissionSpec, ids: pa.Array, start: int) -> bool:
+    """Whether a batch is exactly the writer's rows from `start` on (our own files): one
+    vectorised comparison instead of a parse."""
     if spec.sample is not None or ids.null_count or not len(ids):
-        return None
+        return False
     expected = spec.codec.canonical(start, len(ids))
-    if expected is None or not pc.all(pc.equal(ids, expected)).as_py():
-        return None
-    return np.arange(start, start + len(ids), dtype=np.int64)
+    return expected is not None and pc.all(pc.equal(ids, expected)).as_py()
 
 
 def check_values(values: pa.Array, spec: SubmissionSpec, fail: Callable[[int, str], None]) -> None:
