@@ -244,12 +244,15 @@ def test_real_layout_from_download_to_upload_scores_what_was_uploaded(workspace,
 
 
 def test_channels_on_the_command_line_are_recorded(workspace, capsys):
+    assert _run(capsys, "submit", "--variant", "mean")[0] == 0
+    rgb = Path("submissions/mean.csv").read_text().splitlines()[1:4]  # one pixel: channels 0, 1, 2
     code, out, err = _run(capsys, "submit", "--variant", "mean", "--channels", "bgr")
-    assert code == 0, err and "channels bgr" in out
-    row = Leaderboard().read().iloc[-1]
-    assert row["channels"] == "bgr"
-    first = Path("submissions/mean.csv").read_text().splitlines()[1]
-    assert first.split(",")[0].endswith("_0")
+    assert code == 0, err
+    assert "channels bgr" in out and Leaderboard().read().iloc[-1]["channels"] == "bgr"
+    bgr = Path("submissions/mean.csv").read_text().splitlines()[1:4]
+    value = lambda line: line.rsplit(",", 1)[1]  # noqa: E731
+    assert [value(line) for line in bgr] == [value(line) for line in reversed(rgb)]  # channel 0 is now blue
+    assert len({value(line) for line in rgb}) > 1, "the pixel's channels must differ for this to mean anything"
 
 
 def test_leaderboard_ranks_rows_of_one_validation_split(workspace, capsys):

@@ -31,7 +31,7 @@ def _submit(root: str, data: str, queue) -> None:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["submit", "--variant", "telea", "--data", data])
-    queue.put(code if code == 0 else (code, err.getvalue()[-500:]))
+    queue.put((code, err.getvalue()))
 
 
 def test_concurrent_submits_of_one_variant_on_two_folders_score_their_own_run(workspace, capsys):
@@ -52,7 +52,8 @@ def test_concurrent_submits_of_one_variant_on_two_folders_score_their_own_run(wo
         w.start()
     for w in workers:
         w.join(240)
-    assert [queue.get(timeout=5) for _ in workers] == [0, 0, 0, 0]
+    results = [queue.get(timeout=5) for _ in workers]
+    assert [code for code, _ in results] == [0, 0, 0, 0], [err[-500:] for _, err in results]
     rows = Leaderboard().read().iloc[2:]
     assert len(rows) == 4
     for _, row in rows.iterrows():
@@ -80,7 +81,9 @@ def test_one_variant_on_one_folder_waits_for_the_running_one(workspace, capsys):
     assert not Path("submissions/telea.csv").exists()
     holder.close()  # the first run ends
     worker.join(120)
-    assert queue.get(timeout=5) == 0 and Path("submissions/telea.csv").exists()
+    code, err = queue.get(timeout=5)
+    assert code == 0 and Path("submissions/telea.csv").exists()
+    assert "waiting: pid 4242 (make submit VARIANT=telea) is running telea on data/sample" in err
 
 
 def test_scores_refuse_predictions_of_a_rebuilt_sample(workspace, capsys):

@@ -28,6 +28,7 @@ from PIL import Image
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import load_variant
+from pipeline.data.boxes import boxes_mask
 from pipeline.inpainters import pix2pix as p2p
 from pipeline.inpainters.base import METHODS, InpaintBatch, Inpainter
 from tests.conftest import REPO
@@ -411,7 +412,7 @@ def test_a_validation_image_shows_its_truth_and_box_rmse(server, client, tmp_pat
     image = next(i for i in app.images().values() if i.split == "val")
     truth, is_truth = core.competition_pixels(image)
     assert is_truth
-    mask = core.boxes_mask(image.boxes, *truth.shape[:2])
+    mask = boxes_mask(image.boxes, *truth.shape[:2])
     # the page keeps the picked image's key in a State, which gradio_client cannot set: call the
     # page's functions as its events do, with the values the browser would send
     from pipeline.serve import page

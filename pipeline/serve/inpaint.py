@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.config import DataConfig, PipelineError, VariantConfig, load_variant, read_yaml
-from pipeline.data.boxes import Box, boxes_mask
+from pipeline.data.boxes import Box
 from pipeline.data.competition import load_competition, read_image
 from pipeline.inpainters.base import METHODS, InpaintBatch, Inpainter, build_inpainter, composite, preflight
 from pipeline.score import rmse

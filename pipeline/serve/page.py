@@ -14,6 +14,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from pipeline.data.boxes import boxes_mask
 from pipeline.serve import inpaint as core
 from pipeline.serve.app import App
 
@@ -130,7 +131,7 @@ def own_boxes(app: App, value: dict | None, key: str | None) -> dict:
     image = _picked(app, background, key)
     if image is None:
         raise gr.Error("Own boxes: pick a competition image first (an uploaded photo has none; place boxes).")
-    return _editor_value(background, core.boxes_mask(image.boxes, background.size[1], background.size[0]))
+    return _editor_value(background, boxes_mask(image.boxes, background.size[1], background.size[0]))
 
 
 @_refusing
@@ -139,7 +140,7 @@ def place(app: App, value: dict | None, count, corners: str, seed) -> dict:
     background = _background(value, app.max_pixels)
     width, height = background.size
     boxes = core.place_boxes(width, height, app.data.box_size, int(count or 0), corners or "", int(seed or 0))
-    return _editor_value(background, core.boxes_mask(boxes, height, width))
+    return _editor_value(background, boxes_mask(boxes, height, width))
 
 
 def clear_mask(value: dict | None):

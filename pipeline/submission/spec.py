@@ -35,61 +35,65 @@ def submission_spec(competition: Competition) -> SubmissionSpec:
     """The submission `competition` expects; a bad sample submission is a SubmissionError."""
     cfg = competition.config
     sample = competition.sample_submission
-    columns, sample_values = None, None
-    if sample is not None:
-        reason = not_text(sample)
-        if reason:
-            raise SubmissionError(reason)
-        header = header_of(sample)
-        if len(header) != 2:
-            raise SubmissionError(f"{sample}: expected two columns (id, value), got {header}")
-        columns = (header[0], header[1])
-        sample_values = _value_kind(sample, columns)
-    fmt = competition_format(competition, sample_values)
+    fmt = competition_format(competition)
     try:
         codec = IdCodec(fmt, competition.test, cfg.box_size, cfg.boxes_per_image, cfg.id_pattern)
     except IdError as exc:
         raise SubmissionError(str(exc)) from None
-    columns = columns or fmt.columns
     if sample is None:
-        return SubmissionSpec(fmt, codec, columns, None, codec.total, codec.expected_keysum())
-    rows, total = _sample_ids(sample, columns, codec, fmt)
-    return SubmissionSpec(fmt, codec, columns, sample, rows, total)
-
-
-def _value_kind(sample: Path, columns: tuple[str, str]) -> str | None:
-    """decimal when the sample's values are all in 0..1 and some not 0 or 1, integer when some
-    exceed 1, None when it cannot tell (all 0/1, or empty)."""
-    top, fractional = 0.0, False
-    for batch in batches(open_csv(sample, columns), sample):
-        values = batch.column(1).to_numpy(zero_copy_only=False)
-        values = values[~np.isnan(values)]
-        if values.size:
-            top = max(top, float(values.max()))
-            fractional |= bool((values != np.round(values)).any())
-    if top > 1:
-        return "integer"
-    return "decimal" if fractional else None
-
-
-def _sample_ids(sample: Path, columns, codec: IdCodec, fmt: SubmissionFormat) -> tuple[int, int]:
-    """Row count and key sum of the sample's ids; refuses a repeated id (naming both lines) and
-    values outside the format's range."""
-    rows, total, keys = 0, 0, []
+        return SubmissionSpec(fmt, codec, fmt.columns, None, codec.total, codec.expected_keysum())
+    reason = not_text(sample)
+    if reason:
+        raise SubmissionError(reason)
+    header = header_of(sample)
+    if len(header) != 2:
+        raise SubmissionError(f"{sample}: expected two columns (id, value), got {header}")
+    columns = (header[0], header[1])
+    read = _read_sample(sample, columns, codec)
+    if read.values_kind:  # the sample's values decide decimal/integer unless data.values is set
+        fmt = competition_format(competition, read.values_kind)
+        codec.fmt = fmt  # the ids do not depend on the value kind
     low, high = fmt.value_range
+    outside = [x for x in (read.first_below_zero, read.first_above_one if fmt.values == "decimal" else read.first_above_255) if x]
+    if outside:
+        line, value = min(outside)
+        raise SubmissionError(f"{sample}: line {line}: value {value:g} is outside {low:g}..{high:g}, the range of the "
+                              f"chosen values ({fmt.values}; data.values overrides it)")
+    return SubmissionSpec(fmt, codec, columns, sample, read.rows, read.keysum)
+
+
+@dataclass
+class _SampleRead:
+    rows: int
+    keysum: int
+    values_kind: str | None  # decimal / integer as the values show it, None when they cannot tell
+    first_below_zero: tuple[int, float] | None  # (line, value) of the first value < 0
+    first_above_one: tuple[int, float] | None
+    first_above_255: tuple[int, float] | None
+
+
+def _read_sample(sample: Path, columns, codec: IdCodec) -> _SampleRead:
+    """One pass over the sample: its ids' key sum (a repeated id refused, naming both lines) and
+    what its values say: their kind (decimal when all in 0..1 and some not 0 or 1, integer when
+    some exceed 1) and the first line outside each range."""
+    rows, total, keys = 0, 0, []
+    top, fractional = 0.0, False
+    firsts: dict[str, tuple[int, float] | None] = {"below_zero": None, "above_one": None, "above_255": None}
     for batch in batches(open_csv(sample, columns), sample):
         def fail(i: int, message: str, base=rows) -> None:
             raise SubmissionError(f"{sample}: line {base + i + 2}: {message} (check data.format / data.id_pattern)")
 
-        parsed = codec.parse(batch.column(0), fail)
+        keys.append(codec.parse(batch.column(0), fail).key)
         values = batch.column(1).to_numpy(zero_copy_only=False)
-        out = ~np.isnan(values) & ((values < low) | (values > high))
-        if out.any():
-            i = int(np.flatnonzero(out)[0])
-            fail(i, f"value {values[i]:g} is outside {low:g}..{high:g}, the range of the chosen values "
-                    f"({fmt.values}; data.values overrides it)")
-        keys.append(parsed.key)
-        total = add_keysums(total, keysum(parsed.key))
+        for name, where in (("below_zero", values < 0), ("above_one", values > 1), ("above_255", values > 255)):
+            if firsts[name] is None and where.any():
+                i = int(np.flatnonzero(where)[0])
+                firsts[name] = (rows + i + 2, float(values[i]))
+        present = values[~np.isnan(values)]
+        if present.size:
+            top = max(top, float(present.max()))
+            fractional |= bool((present != np.round(present)).any())
+        total = add_keysums(total, keysum(keys[-1]))
         rows += batch.num_rows
     every = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     order = np.argsort(every, kind="stable")
@@ -100,4 +104,5 @@ def _sample_ids(sample: Path, columns, codec: IdCodec, fmt: SubmissionFormat) ->
             f"{sample}: lines {first + 2} and {second + 2} hold the same id "
             f"{codec.describe_key(every[first])!r}; a sample submission must list every id once"
         )
-    return rows, total
+    kind = "integer" if top > 1 else ("decimal" if fractional else None)
+    return _SampleRead(rows, total, kind, firsts["below_zero"], firsts["above_one"], firsts["above_255"])
