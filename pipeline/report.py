@@ -33,7 +33,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from tqdm import tqdm
@@ -443,13 +443,13 @@ def class_rows(table: pd.DataFrame) -> list[ClassRow]:
             for variant, scores in table.iterrows()]
 
 
-def render_page(**context) -> str:
-    """templates/report.html.j2 rendered with `context`, every value HTML-escaped."""
+def page_template() -> Template:
+    """The report page, templates/report.html.j2 inside the package; it escapes every value."""
     # StrictUndefined: a name the template expects but build_report left out fails here, not silently
     environment = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=True,
                               undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                               keep_trailing_newline=True)
-    return environment.get_template("report.html.j2").render(**context)
+    return environment.get_template("report.html.j2")
 
 
 @dataclass
@@ -517,7 +517,7 @@ def build_report(leaderboard: Leaderboard, out: Path = REPORT_PATH, variants: Se
     _write_atomic(png_path, _stack_png(pngs))
 
     run_dirs = sorted({str(Path(d).parent) for d in rows["run_dir"].dropna() if isinstance(d, str) and Path(d).exists()})
-    page = render_page(
+    page = page_template().render(
         leaderboard=str(leaderboard.path), generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         baselines=sorted(BASELINE_METHODS), notes=notes,
         number_headings=[heading for heading, _ in TABLE_COLUMNS.values()], board=board_rows(rows, out.parent),
