@@ -10,6 +10,9 @@ Reads the leaderboard (latest row per variant, on one validation split) and the 
 it never predicts. A variant whose predictions are missing, or were made on other validation
 images, keeps its table row and gets a note instead of gallery pictures.
 
+The page's structure is templates/report.html.j2; this module computes what it shows (table rows,
+figures as data URIs) and renders it.
+
 The figure builders return matplotlib Figures (made without pyplot, so no global backend is
 touched), which the results notebook displays as they are.
 """
@@ -17,7 +20,6 @@ touched), which the results notebook displays as they are.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -31,6 +33,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from tqdm import tqdm
@@ -372,87 +375,81 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _cell(value, fmt: str, column: str) -> str:
+@dataclass(frozen=True)
+class NumberCell:
+    """One number of a report table: `text` is what the page shows (rounded; "" when there is no
+    value, shown as a dash), `value` the exact float's repr (kept in data-value; "" when none)."""
+
+    column: str
+    value: str
+    text: str
+    best: bool = False
+
+
+def _number(value, fmt: str, column: str, best: bool = False) -> NumberCell:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f'<td class="num" data-column="{column}" data-value="">&ndash;</td>'
-    return f'<td class="num" data-column="{column}" data-value="{float(value)!r}">{fmt.format(float(value))}</td>'
+        return NumberCell(column, "", "")
+    return NumberCell(column, repr(float(value)), fmt.format(float(value)), best)
 
 
-def _tensorboard_cell(run_dir, out_dir: Path) -> str:
-    if not isinstance(run_dir, str) or not run_dir:
-        return '<td data-column="run_dir"></td>'
-    path = Path(run_dir)
-    if not path.exists():
-        return f'<td data-column="run_dir" class="missing">{html.escape(run_dir)} (not found)</td>'
-    href = Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
-    return (f'<td data-column="run_dir"><a href="{html.escape(href)}">{html.escape(run_dir)}</a><br>'
-            f'<code>tensorboard --logdir {html.escape(run_dir)}</code></td>')
+@dataclass(frozen=True)
+class BoardRow:
+    """One variant's row of the leaderboard table. run_href: the TensorBoard run folder relative
+    to the report's folder, None when run_dir is not found (or not given)."""
+
+    variant: str
+    method: str
+    baseline: bool
+    description: str
+    numbers: list[NumberCell]
+    config: str
+    config_json: str
+    submitted_at: str
+    run_dir: str
+    run_href: str | None
 
 
-def _leaderboard_table(rows: pd.DataFrame, out_dir: Path) -> str:
-    head = ["variant", "method", *(heading for heading, _ in TABLE_COLUMNS.values()), "config", "submitted",
-            "training curves"]
-    lines = ["<table class=\"board\"><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-             + "</tr></thead><tbody>"]
+def board_rows(rows: pd.DataFrame, out_dir: Path) -> list[BoardRow]:
+    """The leaderboard table's rows, in `rows`' order; links are made relative to `out_dir`."""
+    board = []
     for _, row in rows.iterrows():
-        baseline = is_baseline(row["method"])
-        config = _json(row.get("config"))
-        cells = [
-            f'<td data-column="variant"><b>{html.escape(row["variant"])}</b>'
-            + (' <span class="tag">baseline</span>' if baseline else "")
-            + (f'<div class="desc">{html.escape(str(row["description"]))}</div>'
-               if isinstance(row["description"], str) and row["description"] else "") + "</td>",
-            f'<td data-column="method">{html.escape(row["method"])}</td>',
-            *(_cell(row[column], fmt, column) for column, (_, fmt) in TABLE_COLUMNS.items()),
-            f'<td data-column="config" title="{html.escape(json.dumps(config, sort_keys=True))}">'
-            f'<code>{html.escape(config_summary(row))}</code></td>',
-            f'<td data-column="submitted_at">{html.escape(str(row["submitted_at"]))}</td>',
-            _tensorboard_cell(row.get("run_dir"), out_dir),
-        ]
-        lines.append(f'<tr data-variant="{html.escape(row["variant"])}"'
-                     + (' class="baseline"' if baseline else "") + ">" + "".join(cells) + "</tr>")
-    lines.append("</tbody></table>")
-    return "\n".join(lines)
+        run_dir = row.get("run_dir")
+        run_dir = run_dir if isinstance(run_dir, str) else ""
+        run_href = None
+        if run_dir and Path(run_dir).exists():
+            run_href = Path(os.path.relpath(Path(run_dir).resolve(), out_dir.resolve())).as_posix()
+        description = row.get("description")
+        board.append(BoardRow(
+            variant=row["variant"], method=row["method"], baseline=is_baseline(row["method"]),
+            description=description if isinstance(description, str) else "",
+            numbers=[_number(row[column], fmt, column) for column, (_, fmt) in TABLE_COLUMNS.items()],
+            config=config_summary(row), config_json=json.dumps(_json(row.get("config")), sort_keys=True),
+            submitted_at=str(row["submitted_at"]), run_dir=run_dir, run_href=run_href))
+    return board
 
 
-def _class_table(table: pd.DataFrame, counts: dict[str, int]) -> str:
-    if table.empty or table.columns.empty:
-        return "<p>No class folders are known for the validation images, so there are no per-class scores.</p>"
+@dataclass(frozen=True)
+class ClassRow:
+    variant: str
+    numbers: list[NumberCell]
+
+
+def class_rows(table: pd.DataFrame) -> list[ClassRow]:
+    """The per-class table's rows (from `class_scores`), each class's best score marked."""
     best = table.min(axis=0)
-    lines = ["<table class=\"classes\"><thead><tr><th>variant</th>"
-             + "".join(f"<th>{html.escape(c)}" + (f" <span class=\"note\">({counts[c]} images)</span>" if c in counts else "")
-                       + "</th>" for c in table.columns) + "</tr></thead><tbody>"]
-    for variant, scores in table.iterrows():
-        cells = []
-        for label, value in scores.items():
-            cell = _cell(value, "{:.4f}", f"class:{label}")
-            if np.isfinite(value) and value == best[label]:
-                cell = cell.replace('class="num"', 'class="num best"')
-            cells.append(cell)
-        lines.append(f'<tr data-variant="{html.escape(str(variant))}"><td>{html.escape(str(variant))}</td>'
-                     + "".join(cells) + "</tr>")
-    lines.append("</tbody></table><p class=\"note\">Best per class in bold. Classes hold few validation "
-                 "images each, so small differences are noise.</p>")
-    return "\n".join(lines)
+    return [ClassRow(str(variant), [_number(value, "{:.4f}", f"class:{label}",
+                                            best=bool(np.isfinite(value) and value == best[label]))
+                                    for label, value in scores.items()])
+            for variant, scores in table.iterrows()]
 
 
-STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1600px; }
-h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; }
-table { border-collapse: collapse; margin: 8px 0; }
-th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }
-th { background: #f3f3f3; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.best { font-weight: bold; }
-tr.baseline { background: #fafafa; color: #555; }
-.tag { font-size: 11px; background: #ddd; border-radius: 3px; padding: 0 4px; }
-.desc { font-size: 12px; color: #666; }
-.note, .meta { color: #666; font-size: 12px; }
-.notes li { color: #9a4b00; }
-.missing { color: #9a4b00; }
-img { max-width: 100%; border: 1px solid #eee; }
-code { font-size: 12px; }
-"""
+def page_template() -> Template:
+    """The report page, templates/report.html.j2 inside the package; it escapes every value."""
+    # StrictUndefined: a name the template expects but build_report left out fails here, not silently
+    environment = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=True,
+                              undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
+    return environment.get_template("report.html.j2")
 
 
 @dataclass
@@ -520,35 +517,14 @@ def build_report(leaderboard: Leaderboard, out: Path = REPORT_PATH, variants: Se
     _write_atomic(png_path, _stack_png(pngs))
 
     run_dirs = sorted({str(Path(d).parent) for d in rows["run_dir"].dropna() if isinstance(d, str) and Path(d).exists()})
-    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    parts = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<title>Variant comparison</title>", f"<style>{STYLE}</style></head><body>",
-        "<h1>Variant comparison</h1>",
-        f"<p class=\"meta\">{len(rows)} variant(s) from {html.escape(str(leaderboard.path))} (latest submission "
-        f"of each), generated {generated}. Local scores are on the fixed validation boxes; lower RMSE is "
-        "better. Baselines are the classical methods (" + html.escape(", ".join(sorted(BASELINE_METHODS))) + ").</p>",
-    ]
-    if notes:
-        parts.append("<h2>Notes</h2><ul class=\"notes\">" + "".join(
-            f"<li data-variant=\"{html.escape(k)}\"><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
-            for k, v in notes.items()) + "</ul>")
-    parts += ["<h2>Leaderboard</h2>", _leaderboard_table(rows, out.parent),
-              f'<img class="chart" alt="validation RMSE per variant" src="{_data_uri(chart_png)}">',
-              "<h2>Per class</h2>", _class_table(classes, class_counts)]
-    if heatmap_png is not None:
-        parts.append(f'<img class="heatmap" alt="validation RMSE per class" src="{_data_uri(heatmap_png)}">')
-    parts.append("<h2>Gallery</h2>")
-    parts.append(f"<p class=\"note\">{html.escape(gallery_note)}</p>" if gallery_note else "")
-    if gallery_png is not None:
-        parts.append(f'<img class="gallery" alt="validation gallery" src="{_data_uri(gallery_png)}">')
-    parts.append("<h2>Training curves</h2>")
-    if run_dirs:
-        parts.append("<p>Each variant's TensorBoard run is linked in the table. To browse them: "
-                     + " or ".join(f"<code>tensorboard --logdir {html.escape(d)}</code>" for d in run_dirs)
-                     + "</p>")
-    else:
-        parts.append("<p>No variant here has a TensorBoard run folder (the classical methods do not train).</p>")
-    parts.append("</body></html>\n")
-    _write_atomic(out, "\n".join(parts).encode("utf-8"))
+    page = page_template().render(
+        leaderboard=str(leaderboard.path), generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        baselines=sorted(BASELINE_METHODS), notes=notes,
+        number_headings=[heading for heading, _ in TABLE_COLUMNS.values()], board=board_rows(rows, out.parent),
+        chart=_data_uri(chart_png),
+        classes=[(label, class_counts.get(label)) for label in classes.columns], class_rows=class_rows(classes),
+        heatmap=_data_uri(heatmap_png) if heatmap_png is not None else None,
+        gallery_note=gallery_note, gallery=_data_uri(gallery_png) if gallery_png is not None else None,
+        run_dirs=run_dirs)
+    _write_atomic(out, page.encode("utf-8"))
     return Report(out, png_path, list(rows["variant"]), notes)

@@ -165,7 +165,7 @@ def test_missing_predictions_get_a_note_and_training_runs_a_link(board):
     Leaderboard().record({"variant": "pix2pix-small", "method": "pix2pix", "val_rmse": 0.1,
                           "split": Leaderboard().read().iloc[0]["split"],
                           "val_rmse_by_class": {"cat": 0.09}, "kaggle_public_score": 0.2,
-                          "run_dir": "runs/pix2pix-small"})
+                          "run_dir": "runs/pix2pix-small", "description": "<script>alert(1)</script> & co"})
     written = report.build_report(Leaderboard(), board / "submissions/report.html", progress=False)
 
     assert set(written.notes) == {"navier-stokes", "pix2pix-small", "mean"}
@@ -173,6 +173,8 @@ def test_missing_predictions_get_a_note_and_training_runs_a_link(board):
     assert "other validation images" in written.notes["mean"] and "val_seed 7" in written.notes["mean"]
     text = written.html.read_text()
     assert 'href="../runs/pix2pix-small"' in text and "tensorboard --logdir runs" in text
+    # the template escapes every value: a description shows as text, never as markup
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in text
     cells = parse(written.html).tables["board"]["pix2pix-small"]
     assert "baseline" not in cells["variant"][1] and float(cells["kaggle_public_score"][0]) == 0.2
     # the chart marks baselines by method: grey hatched bars, the learned variant in colour
