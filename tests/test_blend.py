@@ -104,6 +104,11 @@ def test_blend_is_cross_fitted_and_submitted_as_a_variant(workspace, capsys):
     # the other commands take it by its config file
     code, out, _ = _run(capsys, "score", "--variant", "submissions/tm.yaml")
     assert code == 0 and f"RMSE {row['val_rmse']:.4f}" in out
+    # the report's table says what the blend is made of
+    code, _, err = _run(capsys, "compare", "--variants", "telea,mean,tm")
+    assert code == 0, err
+    page = Path("submissions/report.html").read_text()
+    assert f"blend {w:.2f} telea + {1 - w:.2f} mean; cross-fitted validation RMSE {cross_fit:.4f}" in page
 
 
 def test_parts_predicted_on_another_split_are_refused_by_name(workspace, capsys):
