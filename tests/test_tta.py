@@ -153,3 +153,38 @@ def test_sampling_needs_dropout():
         _config(samples=0)
     with pytest.raises(ConfigError, match="no dropout layers"):
         _inpainter(SymmetricConv(), mc_dropout=True)
+
+
+@pytest.mark.parametrize("config_name", ["unet-l2-cpu", "pconv-cpu", "glcic-cpu"])
+def test_every_learned_family_averages_its_own_networks_views(config_name):
+    """Each family's inpainter (real network, random weights) with tta: d4 predicts the mean of its
+    network's eight views, the views made and undone here with numpy."""
+    from pipeline.config import load_variant
+    from pipeline.inpainters.base import inpainter_class
+    from tests.conftest import REPO
+
+    variant = load_variant(REPO / "configs" / f"{config_name}.yaml")
+    variant.params["tta"] = "d4"
+    cls = inpainter_class(variant)
+    config = cls.family.config(variant)
+    torch.manual_seed(0)
+    generator = cls.family.build_generator(config).eval()
+    for module in generator.modules():  # weights that keep the signal's scale: every view its own output
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            torch.nn.init.kaiming_normal_(module.weight)
+    fill = torch.rand(1, 3, 256, 256) * 2 - 1
+    mask = torch.zeros(1, 1, 256, 256)
+    mask[..., 30:105, 60:135] = 1
+    views = []
+    with torch.no_grad():
+        for mirror in (False, True):
+            for k in range(4):
+                def there(x):
+                    return torch.from_numpy(np.ascontiguousarray(np.rot90(x[..., ::-1] if mirror else x, k, axes=(-2, -1))))
+                out = cls.family.generate(generator, there(fill.numpy()), there(mask.numpy())).numpy()
+                back = np.rot90(out, -k, axes=(-2, -1))
+                views.append(back[..., ::-1] if mirror else back)
+    expected = np.mean(views, axis=0)
+    predicted = cls(generator, config, device=CPU).predict(fill, mask).numpy()
+    assert np.allclose(predicted, expected, atol=1e-5)
+    assert not np.allclose(views[0], expected, atol=1e-3)  # the views differ: the test can tell
