@@ -203,8 +203,8 @@ def cmd_validate(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from pipeline.predict import prediction_dir, score_split, truth_boxes
-    from pipeline.score import score_boxes
+    from pipeline.data.predictions import prediction_dir
+    from pipeline.score import score_boxes, score_split, truth_boxes
     from pipeline.submission import read_submission, submission_spec, validate_submission
 
     if args.csv:
@@ -240,7 +240,7 @@ def cmd_score(args) -> None:
 def cmd_leaderboard(args) -> None:
     split = None
     if args.data:
-        from pipeline.predict import split_fingerprint
+        from pipeline.score import split_fingerprint
 
         split = split_fingerprint(load_competition(_data_config(args), check_images=False), "val")
     print(Leaderboard().format(all_rows=args.all, split=split))

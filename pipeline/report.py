@@ -40,8 +40,8 @@ from pipeline.data.boxes import apply_mask, box_pixels, boxes_mask
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
 from pipeline.inpainters.base import METHODS
 from pipeline.leaderboard import Leaderboard
-from pipeline.predict import PREDICTIONS_DIR, prediction_dir, split_fingerprint, truth_path
-from pipeline.score import rmse
+from pipeline.data.predictions import PREDICTIONS_DIR, prediction_dir
+from pipeline.score import rmse, split_fingerprint, truth_path
 
 REPORT_PATH = Path("submissions/report.html")
 # the classical methods are the baselines every learned variant has to beat

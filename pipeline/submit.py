@@ -36,8 +36,9 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
 
     Returns the row ({} on processes other than the main one, which alone writes).
     """
-    from pipeline.predict import load_prediction, process_state, score_split, truth_boxes, variant_lock
-    from pipeline.score import score_boxes
+    from pipeline.data.predictions import load_prediction
+    from pipeline.predict import process_state, variant_lock
+    from pipeline.score import score_boxes, score_split, truth_boxes
     from pipeline.submission import read_submission, submission_spec, write_submission
 
     state = process_state()
@@ -74,7 +75,7 @@ def _csv_lock(path: Path):
 
 def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> dict:
     """The leaderboard row of one submission."""
-    from pipeline.predict import split_fingerprint
+    from pipeline.score import split_fingerprint
 
     return {
         "variant": variant.name, "method": variant.method, "description": variant.description,

@@ -212,8 +212,7 @@ def test_real_layout_from_download_to_upload_scores_what_was_uploaded(workspace,
     """make data -> make submit DATA= -> make kaggle-submit, then the uploaded bytes scored."""
     from pipeline.config import data_config
     from pipeline.data.competition import load_competition
-    from pipeline.predict import truth_boxes
-    from pipeline.score import score_boxes
+    from pipeline.score import score_boxes, truth_boxes
     from pipeline.submission import read_submission
 
     standin.state.data_zip = _zip_folder(workspace / "data/sample")
