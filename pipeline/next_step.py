@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -39,6 +40,17 @@ class NextStep:
 
     def __str__(self) -> str:
         return _renderer(self)
+
+
+def variant_word(variant) -> str:
+    """How --variant names a VariantConfig: its name when it is configs/<name>.yaml (the only
+    place a bare name is looked up), else the path of its YAML file."""
+    from pipeline.config import CONFIG_DIR
+
+    source = variant.source
+    if source is None or Path(source).resolve() == (CONFIG_DIR / f"{variant.name}.yaml").resolve():
+        return variant.name
+    return str(source)
 
 
 def shell_word(word: str) -> str:

@@ -89,8 +89,3 @@ def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> di
         "run_dir": run_dir, "config": variant.to_dict(),
     }
 
-
-def kaggle_message(row) -> str:
-    """The submission message Kaggle shows: variant, description, channel order, checksum."""
-    return (f"{row['variant']}: {row['description'] or row['method']} [channels {row['channels']}] "
-            f"[sha {str(row['sha256'])[:12]}]")

@@ -333,8 +333,12 @@ def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
         resumable = [k for k in params if k not in RESUMABLE_CHANGES]
         check_same_config(run.last_path, run.state, variant, params, resumable, "training setup")
     elif run.last_path.exists() and not restart:
-        raise CheckpointError(f"{run.last_path} exists from an earlier run: pass --resume (make train RESUME=1) "
-                              "to continue it, or --restart (make train RESTART=1) to replace it")
+        from pipeline.next_step import NextStep, variant_word
+
+        again = {"variant": variant_word(variant)}
+        raise CheckpointError(f"{run.last_path} exists from an earlier run: continue it with "
+                              f"`{NextStep('train', {**again, 'resume': True})}`, or replace it with "
+                              f"`{NextStep('train', {**again, 'restart': True})}`")
     return run
 
 

@@ -164,7 +164,7 @@ def test_empty_validation_split_is_skipped_and_explained(workspace, capsys):
     code, out, err = _run(capsys, "predict", "--variant", "no-val.yaml")
     assert code == 0 and "val split is empty" in err and "no-val test: 13 images" in out
     code, _, err = _run(capsys, "score", "--variant", "no-val.yaml")
-    assert code == 2 and "make score CSV=" in err
+    assert code == 2 and "python -m pipeline score --csv <file>" in err
 
 
 def test_score_refuses_predictions_made_on_other_boxes(workspace, capsys):

@@ -99,7 +99,7 @@ def test_scores_refuse_predictions_of_a_rebuilt_sample(workspace, capsys):
 def test_scoring_a_variant_never_predicted_says_so(workspace, capsys):
     code, _, err = _run(capsys, "score", "--variant", "navier-stokes")
     assert code == 2 and "navier-stokes was never predicted on data/sample" in err
-    assert "make submit VARIANT=navier-stokes" in err
+    assert "python -m pipeline submit --variant navier-stokes" in err
 
 
 def test_exif_orientation_is_ignored_everywhere_images_are_read(workspace, capsys):
