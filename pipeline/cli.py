@@ -17,7 +17,7 @@ import yaml
 from pipeline.config import ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
 from pipeline.data.competition import load_competition
 from pipeline.leaderboard import Leaderboard
-from pipeline.next_step import NextStep, render_with, shell_word
+from pipeline.next_step import NextStep, render_with, shell_word, variant_word
 
 # The Makefile's variable for each option of a command (true flags as VAR=1); a step with any
 # other option is shown as the `python -m pipeline` line even under make.
@@ -157,7 +157,6 @@ def cmd_submit(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from pipeline.config import CONFIG_DIR
     from pipeline.train import train
 
     variant = _variant(args)
@@ -168,9 +167,7 @@ def cmd_train(args) -> None:
     best = f"{result.best_val_rmse:.4f}" if result.best_val_rmse is not None else "n/a"
     print(f"{variant.name}: {result.steps} steps, {result.epochs_done} epochs in {result.seconds:.0f} s; "
           f"best validation RMSE {best} -> {result.best}; run state {result.last}; TensorBoard {result.run_dir}")
-    # VARIANT=<name> finds configs/<name>.yaml only; a YAML elsewhere is named by its path
-    shipped = variant.source is not None and variant.source.resolve() == (CONFIG_DIR / f"{variant.name}.yaml").resolve()
-    print(f"next: {NextStep('submit', {'variant': variant.name if shipped else args.variant, 'data': args.data})}")
+    print(f"next: {NextStep('submit', {'variant': variant_word(variant), 'data': args.data})}")
 
 
 def cmd_sd(args) -> None:

@@ -179,7 +179,7 @@ class Leaderboard:
         if same.empty:
             folders = ", ".join(sorted({str(d) for d in rows["data"]}))
             raise ConfigError(
-                f"{variant_name} was submitted on {folders}, not on {data_root}: name that folder "
+                f"{variant_name} was submitted on {folders}, not on {data_root}: pass that folder "
                 f"(`{NextStep('kaggle-submit', {'variant': variant_name, 'competition': '<slug>', 'data': '<folder>'})}`), "
                 f"or run `{NextStep('submit', {'variant': variant_name, 'data': data_root})}` first")
         return same.iloc[-1]

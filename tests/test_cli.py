@@ -224,7 +224,7 @@ def test_real_layout_from_download_to_upload_scores_what_was_uploaded(workspace,
     assert row["data"] == data and row["test_rmse"] != row["test_rmse"]  # no truth for a download: NaN
 
     code, _, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", SLUG)
-    assert code == 2 and f"telea was submitted on {data}, not on data/sample: pass DATA=" in err
+    assert code == 2 and f"telea was submitted on {data}, not on data/sample: pass that folder" in err
     assert "StartSubmissionUpload" not in standin.call_names()
     code, out, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", SLUG, "--data", data)
     assert code == 0, err

@@ -150,7 +150,7 @@ def find_dataset(root: Path) -> Path | None:
     found = [p for p in found if (p / TESTING).is_dir()]
     if len(found) > 1:
         raise CompetitionError(f"{root}: several {TRAINING}/{TESTING} folders ({', '.join(map(str, found))}); "
-                               "point DATA= at one of them")
+                               "name one of them as the data folder")
     return found[0] if found else None
 
 
