@@ -38,10 +38,10 @@ from tqdm import tqdm
 from pipeline.config import ConfigError, DataConfig, data_config, variant_from_dict
 from pipeline.data.boxes import apply_mask, box_pixels, boxes_mask
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
+from pipeline.data.predictions import PREDICTIONS_DIR, prediction_dir
 from pipeline.inpainters.base import METHODS
 from pipeline.leaderboard import Leaderboard
 from pipeline.next_step import NextStep
-from pipeline.data.predictions import PREDICTIONS_DIR, prediction_dir
 from pipeline.score import rmse, split_fingerprint, truth_path
 
 REPORT_PATH = Path("submissions/report.html")
