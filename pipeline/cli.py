@@ -192,30 +192,15 @@ def cmd_validate(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from pipeline.data.predictions import prediction_dir
-    from pipeline.score import score_boxes, score_split, truth_boxes
-    from pipeline.submission import read_submission, submission_spec, validate_submission
+    from pipeline.score import score_csv, score_variant
 
     if args.csv:
         competition = load_competition(_data_config(args), check_images=False)
-        spec = submission_spec(competition)
-        validate_submission(Path(args.csv), competition, spec=spec)
-        scores = score_boxes(read_submission(Path(args.csv), competition, spec),
-                             truth_boxes(competition, competition.test),
-                             [r.label for r in competition.test])
+        scores = score_csv(Path(args.csv), competition)
         where = f"{args.csv} against {competition.config.truth}"
     elif args.variant:
         variant = _variant(args)
-        competition = load_competition(variant.data)
-        if not competition.val:
-            raise ConfigError(f"{variant.name}: the validation split of {competition.root} is empty (data.val_count "
-                              "is 0); score a submission against known test truth with "
-                              f"`{NextStep('score', {'csv': '<file>'})}`")
-        folder = prediction_dir(variant.name, "val", competition)
-        if not (folder / "run.json").exists():
-            raise ConfigError(f"{variant.name} was never predicted on {competition.root}: run "
-                              f"`{NextStep('submit', {'variant': variant.name, 'data': args.data})}`")
-        scores = score_split(competition, "val", folder, variant.name)
+        scores = score_variant(variant.name, load_competition(variant.data), data_root=args.data)
         where = f"{variant.name} on the validation split"
     else:
         raise ConfigError("score needs --variant NAME (validation split) or --csv FILE (test truth)")
@@ -247,20 +232,12 @@ def cmd_compare(args) -> None:
 
 
 def cmd_kaggle_submit(args) -> None:
-    from pipeline import kaggle
-    from pipeline.submission import validate_submission
-    from pipeline.leaderboard import kaggle_message
+    from pipeline.submit import upload_submission
 
     variant = _variant(args)
     competition = load_competition(variant.data, check_images=False)
-    row = Leaderboard().submitted_on(variant.name, competition.root)
-    csv = Path(row["submission"])
-    # a bad file never costs one of the day's submissions: the competition's format, scale and ids
-    result = validate_submission(csv, competition)
-    if result.sha256 != row["sha256"]:
-        raise ConfigError(f"{csv} changed since it was recorded; run `{NextStep('submit', {'variant': variant.name})}` again")
-    found = kaggle.submit(args.competition, csv, kaggle_message(row))
-    Leaderboard().update_kaggle(result.sha256, found.ref, found.status, found.public_score)
+    row, found = upload_submission(variant, competition, args.competition, Leaderboard())
+    csv = row["submission"]
     print(f"submitted {csv} to {args.competition} (channels {row['channels']}): ref {found.ref}, status {found.status}"
           + (f", public score {found.public_score}" if found.public_score is not None else ""))
 

@@ -13,9 +13,11 @@ from typing import Sequence
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from pipeline.config import ConfigError
 from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, read_image
-from pipeline.data.predictions import load_prediction
+from pipeline.data.predictions import load_prediction, prediction_dir
+from pipeline.next_step import NextStep
 
 
 @dataclass
@@ -130,3 +132,28 @@ def score_split(competition: Competition, split: str, folder: Path, variant_name
     size = competition.config.image_size
     predicted = np.stack([box_pixels(load_prediction(folder, r, size), r.boxes) for r in records])
     return score_boxes(predicted, truth_boxes(competition, records), [r.label for r in records])
+
+
+def score_variant(variant_name: str, competition: Competition, data_root: str | Path | None = None) -> Scores:
+    """Scores of the variant's validation predictions on `competition` (ConfigError saying what
+    to run when the split is empty or the variant was never predicted there; `data_root` is
+    how the person named the data folder, for that message)."""
+    if not competition.val:
+        raise ConfigError(f"{variant_name}: the validation split of {competition.root} is empty (data.val_count "
+                          "is 0); score a submission against known test truth with "
+                          f"`{NextStep('score', {'csv': '<file>'})}`")
+    folder = prediction_dir(variant_name, "val", competition)
+    if not (folder / "run.json").exists():
+        raise ConfigError(f"{variant_name} was never predicted on {competition.root}: run "
+                          f"`{NextStep('submit', {'variant': variant_name, 'data': data_root})}`")
+    return score_split(competition, "val", folder, variant_name)
+
+
+def score_csv(csv: Path, competition: Competition) -> Scores:
+    """Validate the submission `csv`, then score it against the test truth (data.truth)."""
+    from pipeline.submission import read_submission, submission_spec, validate_submission
+
+    spec = submission_spec(competition)
+    validate_submission(Path(csv), competition, spec=spec)
+    return score_boxes(read_submission(Path(csv), competition, spec), truth_boxes(competition, competition.test),
+                       [r.label for r in competition.test])

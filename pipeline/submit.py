@@ -14,7 +14,7 @@ import fcntl
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from pipeline.config import VariantConfig
+from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition
 from pipeline.leaderboard import Leaderboard
 
@@ -89,3 +89,22 @@ def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> di
         "run_dir": run_dir, "config": variant.to_dict(),
     }
 
+
+def upload_submission(variant: VariantConfig, competition: Competition, slug: str, leaderboard: Leaderboard):
+    """Upload the variant's newest CSV made on `competition` to the Kaggle competition `slug`,
+    once it validates and is still the file its leaderboard row recorded (same sha256); records
+    the upload on that row. Returns (row, kaggle.KaggleSubmission)."""
+    from pipeline import kaggle
+    from pipeline.leaderboard import kaggle_message
+    from pipeline.next_step import NextStep
+    from pipeline.submission import validate_submission
+
+    row = leaderboard.submitted_on(variant.name, competition.root)
+    csv = Path(row["submission"])
+    # a bad file never costs one of the day's submissions: the competition's format, scale and ids
+    result = validate_submission(csv, competition)
+    if result.sha256 != row["sha256"]:
+        raise ConfigError(f"{csv} changed since it was recorded; run `{NextStep('submit', {'variant': variant.name})}` again")
+    found = kaggle.submit(slug, csv, kaggle_message(row))
+    leaderboard.update_kaggle(result.sha256, found.ref, found.status, found.public_score)
+    return row, found
