@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition
-from pipeline.leaderboard import Leaderboard
+from pipeline.leaderboard import Leaderboard, kaggle_message
+from pipeline.next_step import NextStep
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -95,8 +96,6 @@ def upload_submission(variant: VariantConfig, competition: Competition, slug: st
     once it validates and is still the file its leaderboard row recorded (same sha256); records
     the upload on that row. Returns (row, kaggle.KaggleSubmission)."""
     from pipeline import kaggle
-    from pipeline.leaderboard import kaggle_message
-    from pipeline.next_step import NextStep
     from pipeline.submission import validate_submission
 
     row = leaderboard.submitted_on(variant.name, competition.root)
