@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-RUN := PYTHONWARNINGS=ignore::FutureWarning $(PY) -m pipeline
+# PIPELINE_VIA=make: the CLI's messages then name the next step as a make command
+RUN := PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(PY) -m pipeline
 # Competition folder: empty means each variant's data.root (the offline sample by default).
 DATA ?=
 # CHANNELS=bgr: channel 0 of the submission is blue (default: the format's, rgb for Photo Reconstruction)
@@ -18,13 +19,13 @@ BASELINES := mean telea navier-stokes
 # EPOCHS=n / MAX_STEPS=n override the config; GPUS=n launches one process per GPU.
 # predict/submit: CKPT=<file> instead of the variant's checkpoints/<variant>/best.pt
 TRAIN_VARIANT ?= $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),pix2pix-cpu)
-TRAIN_RUN = $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
+TRAIN_RUN = $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 CKPT_ARG = $(if $(CKPT),--param checkpoint=$(CKPT),)
 # sd: the sweep file, optionally ONLY=<variant,...> of it, and GPUS=<n> processes (one per GPU)
 SWEEP ?= configs/sd-prompts.yaml
 ONLY ?=
 GPUS ?= 1
-SD_RUN := $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
+SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import PipelineError
+from pipeline.config import ConfigError, PipelineError
+from pipeline.next_step import NextStep
 
 LEADERBOARD_PATH = Path("submissions/leaderboard.csv")
 COLUMNS = [
@@ -167,6 +168,33 @@ class Leaderboard:
         table = self.read()
         return None if table.empty else table["split"].iloc[-1]
 
+    def submitted_on(self, variant_name: str, data_root: str | Path) -> pd.Series:
+        """The variant's newest row made on the data folder `data_root` (ConfigError if none)."""
+        table = self.read()
+        rows = table[table["variant"] == variant_name]
+        if rows.empty:
+            raise ConfigError(f"variant {variant_name!r} has no submission yet: run "
+                              f"`{NextStep('submit', {'variant': variant_name})}`")
+        same = rows[rows["data"].map(lambda d: Path(str(d)).resolve() == Path(data_root).resolve())]
+        if same.empty:
+            folders = ", ".join(sorted({str(d) for d in rows["data"]}))
+            raise ConfigError(
+                f"{variant_name} was submitted on {folders}, not on {data_root}: pass that folder "
+                f"(`{NextStep('kaggle-submit', {'variant': variant_name, 'competition': '<slug>', 'data': '<folder>'})}`), "
+                f"or run `{NextStep('submit', {'variant': variant_name, 'data': data_root})}` first")
+        return same.iloc[-1]
+
+    def update_from_kaggle(self, submissions) -> int:
+        """Copy the ref, status and public score of each Kaggle submission (kaggle.KaggleSubmission,
+        newest first) to the rows whose checksum its message carries; the number updated."""
+        known = set(self.read()["sha256"].dropna())
+        updated = 0
+        for submission in reversed(submissions):  # oldest first: newest wins
+            sha = next((s for s in known if _sha_tag(s) in (submission.description or "")), None)
+            if sha and self.update_kaggle(sha, submission.ref, submission.status, submission.public_score):
+                updated += 1
+        return updated
+
     def format(self, all_rows: bool = False, variants: list[str] | None = None, split: str | None = None) -> str:
         """The ranking on one validation split (`split`, or the newest row's), then the rows
         scored on other splits, apart, each under its data folder."""
@@ -183,6 +211,17 @@ class Leaderboard:
             parts.append(f"\nscored on another validation split ({other or 'none'}; {data}): not ranked with the above\n"
                          + _table(group))
         return "\n".join(parts)
+
+
+def kaggle_message(row) -> str:
+    """The submission message Kaggle shows: variant, description, channel order, checksum."""
+    return (f"{row['variant']}: {row['description'] or row['method']} [channels {row['channels']}] "
+            f"{_sha_tag(str(row['sha256']))}")
+
+
+def _sha_tag(sha256: str) -> str:
+    """How a submission message names its CSV, so kaggle-scores finds the row again."""
+    return f"[sha {sha256[:12]}]"
 
 
 def _table(table: pd.DataFrame) -> str:

@@ -14,9 +14,10 @@ import fcntl
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from pipeline.config import VariantConfig
+from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition
-from pipeline.leaderboard import Leaderboard
+from pipeline.leaderboard import Leaderboard, kaggle_message
+from pipeline.next_step import NextStep
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -36,8 +37,9 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
 
     Returns the row ({} on processes other than the main one, which alone writes).
     """
-    from pipeline.predict import load_prediction, process_state, score_split, truth_boxes, variant_lock
-    from pipeline.score import score_boxes
+    from pipeline.data.predictions import load_prediction
+    from pipeline.predict import process_state, variant_lock
+    from pipeline.score import score_boxes, score_split, truth_boxes
     from pipeline.submission import read_submission, submission_spec, write_submission
 
     state = process_state()
@@ -74,7 +76,7 @@ def _csv_lock(path: Path):
 
 def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> dict:
     """The leaderboard row of one submission."""
-    from pipeline.predict import split_fingerprint
+    from pipeline.score import split_fingerprint
 
     return {
         "variant": variant.name, "method": variant.method, "description": variant.description,
@@ -89,7 +91,19 @@ def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> di
     }
 
 
-def kaggle_message(row) -> str:
-    """The submission message Kaggle shows: variant, description, channel order, checksum."""
-    return (f"{row['variant']}: {row['description'] or row['method']} [channels {row['channels']}] "
-            f"[sha {str(row['sha256'])[:12]}]")
+def upload_submission(variant: VariantConfig, competition: Competition, slug: str, leaderboard: Leaderboard):
+    """Upload the variant's newest CSV made on `competition` to the Kaggle competition `slug`,
+    once it validates and is still the file its leaderboard row recorded (same sha256); records
+    the upload on that row. Returns (row, kaggle.KaggleSubmission)."""
+    from pipeline import kaggle
+    from pipeline.submission import validate_submission
+
+    row = leaderboard.submitted_on(variant.name, competition.root)
+    csv = Path(row["submission"])
+    # a bad file never costs one of the day's submissions: the competition's format, scale and ids
+    result = validate_submission(csv, competition)
+    if result.sha256 != row["sha256"]:
+        raise ConfigError(f"{csv} changed since it was recorded; run `{NextStep('submit', {'variant': variant.name})}` again")
+    found = kaggle.submit(slug, csv, kaggle_message(row))
+    leaderboard.update_kaggle(result.sha256, found.ref, found.status, found.public_score)
+    return row, found

@@ -1,22 +1,7 @@
-"""`python -m pipeline train`: one training loop for every trainable family, on HF Accelerate.
-
-A family (pix2pix, pconv, glcic: pipeline/inpainters/trainable.py says what one supplies) brings
-its networks, losses and the step on one batch; this module brings the rest: data, accelerate,
-precision, checkpoints, resume, TensorBoard, validation, the best checkpoint, progress.
-
-The same code runs on the CPU, one GPU, and several GPUs or nodes (`accelerate launch -m pipeline
-train ...`): Accelerate places the networks and batches, wraps them for data parallelism and
-applies the config's mixed precision; files and logs are written by the main process only.
-
-    checkpoints/<variant>/last.pt   the whole run state, saved every `checkpoint_every` steps and
-                                    at every epoch end: `--resume` continues from it
-    checkpoints/<variant>/best.pt   the generator with the best validation RMSE so far
-    runs/<variant>/                 TensorBoard: losses, validation RMSE, image grids
-
-Every random draw comes from the seed: batch order from (seed, epoch), boxes and augmentation from
-(seed, epoch, index), dropout from the torch RNG (seeded per process, saved in the checkpoint). A
-resumed run skips exactly the batches already done, so it ends with the weights an uninterrupted
-run would have.
+"""`python -m pipeline train`: one training loop for every trainable family, on HF Accelerate,
+the same on the CPU, one GPU or several. A family (pipeline/inpainters/trainable.py) brings its
+networks, losses and step; this module brings data, precision, checkpoints, exact resume,
+TensorBoard, validation and the best checkpoint.
 """
 
 from __future__ import annotations
@@ -333,8 +318,12 @@ def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
         resumable = [k for k in params if k not in RESUMABLE_CHANGES]
         check_same_config(run.last_path, run.state, variant, params, resumable, "training setup")
     elif run.last_path.exists() and not restart:
-        raise CheckpointError(f"{run.last_path} exists from an earlier run: pass --resume (make train RESUME=1) "
-                              "to continue it, or --restart (make train RESTART=1) to replace it")
+        from pipeline.next_step import NextStep, variant_word
+
+        again = {"variant": variant_word(variant)}
+        raise CheckpointError(f"{run.last_path} exists from an earlier run: continue it with "
+                              f"`{NextStep('train', {**again, 'resume': True})}`, or replace it with "
+                              f"`{NextStep('train', {**again, 'restart': True})}`")
     return run
 
 

@@ -91,6 +91,11 @@ class Competition:
             raise ValueError(f"unknown split {name!r}: use train, val or test")
         return getattr(self, name)
 
+    def describe(self) -> str:
+        """One line: the folder, its layout, image counts per split, classes and the boxes' CSV."""
+        return (f"{self.root}: {self.layout} layout, {len(self.train)} train, {len(self.val)} validation, "
+                f"{len(self.test)} test images; classes {', '.join(self.classes)}; boxes from {self.bbox_csv}")
+
 
 def read_image(path: Path, size: int | None = None) -> np.ndarray:
     """Decode `path` to uint8 HxWx3 RGB as stored (any EXIF orientation ignored, as the boxes
@@ -145,8 +150,14 @@ def find_dataset(root: Path) -> Path | None:
     found = [p for p in found if (p / TESTING).is_dir()]
     if len(found) > 1:
         raise CompetitionError(f"{root}: several {TRAINING}/{TESTING} folders ({', '.join(map(str, found))}); "
-                               "point DATA= at one of them")
+                               "name one of them as the data folder")
     return found[0] if found else None
+
+
+def holds_other_layout(root: Path) -> bool:
+    """`root` exists but holds no Training_Data/ + Testing_Data/ pair (e.g. a sample built in an
+    older layout)."""
+    return Path(root).is_dir() and find_dataset(Path(root)) is None
 
 
 def load_competition(cfg: DataConfig, check_images: bool = True) -> Competition:

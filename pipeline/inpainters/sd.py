@@ -1,36 +1,7 @@
-"""Zero-shot Stable Diffusion inpainting (diffusers), at the model's resolution (512 by default).
-
-Two ways to reach the model's resolution (`params.resize`):
-
-    whole   the whole 256x256 image and its mask are upscaled to `size` (bicubic / nearest), both
-            boxes are inpainted in one call, and the result is resized back (INTER_AREA); images
-            of a batch go through the pipeline together.
-    crop    one box at a time, diffusers' own `padding_mask_crop`: the pipeline crops a square
-            around the box's mask with `crop_padding` pixels of context, upscales it to `size`,
-            inpaints, resizes the result back and pastes it over the crop (its image processor's
-            resampling, Lanczos). The second box is inpainted on the image whose first box is
-            already filled, so neither crop ever sees a blank box as context.
-
-Before the model sees an image, its boxes may be pre-filled (`prefill`: OpenCV Telea by default)
-so that the pixels around a box are not darkened by the blank box when upscaling, and the other
-box is plausible context. The pipeline blanks everything under its mask anyway. The mask given to
-the model is the boxes grown by `mask_dilation` pixels, so that latent cells (8x8 pixels at the
-model's scale) straddling a box edge are regenerated rather than kept.
-
-Prompts are templates: `{animal}` is the image's class folder ("cat"), `{a_animal}` the same with
-its article ("an elephant"); when the class is not known both become `unknown_animal` ("animal"),
-or, when that is empty, vanish with their article.
-
-Each image (each box in crop mode) gets a torch.Generator seeded from (seed, image id[, box]),
-so an image's result does not depend on which batch or process it is in.
-
-`colour_correction` shifts each box, per channel, by the difference between the known pixels of
-a ring around the box and the model's own output on that ring, i.e. it removes the colour drift
-the model shows next to the box. The ring is the known pixels within `ring_width` of the box that
-the model regenerated (all of them in whole mode; those under the dilated mask in crop mode).
-
-The weights are never downloaded implicitly when they cannot be: `check_model` runs before any
-other work and raises ModelNotAvailableError with the command that fetches them.
+"""Zero-shot Stable Diffusion inpainting (diffusers) at the model's resolution (512 by default):
+the image is upscaled whole, or a crop around each box (`params.resize`), pre-filled, inpainted
+with a prompt from the image's class, and brought back; seeds per image, an optional colour
+correction from the ring around each box, and the weights checked before any work.
 """
 
 from __future__ import annotations

@@ -225,11 +225,14 @@ def load_generator(family: Family, variant: VariantConfig, config: TrainableConf
     best.pt), after checking it was trained with the network `variant` describes;
     CheckpointError (naming the file and the differing keys) otherwise."""
     from pipeline.checkpoint import check_same_config, load_state_dict, read_checkpoint
+    from pipeline.next_step import NextStep
 
     named = bool(config.inference.checkpoint)
     path = Path(config.inference.checkpoint or default_checkpoint(variant.name))
-    state = read_checkpoint(path, hint=f"Train it with `make train VARIANT={variant.name}`, or pass "
-                                       "CKPT=<file> (--param checkpoint=<file>)", named_by_user=named)
+    train = NextStep("train", {"variant": variant.name})
+    other = NextStep("submit", {"variant": variant.name, "param": "checkpoint=<file>"})
+    hint = f"Train the variant with `{train}`." if named else f"Train it with `{train}`, or use another: `{other}`."
+    state = read_checkpoint(path, hint=hint, named_by_user=named)
     check_same_config(path, state, variant, config.params(), family.generator_keys, "generator")
     generator = family.build_generator(config)
     load_state_dict(path, generator, state["generator"], "generator")
