@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import PipelineError, VariantConfig
+from pipeline.config import PipelineError, VariantConfig, with_current_names
 
 FORMAT = "pipeline-checkpoint/1"
 
@@ -88,7 +88,8 @@ def check_same_config(path: Path, state: dict[str, Any], variant: VariantConfig,
     checkpoint's config and `variant` disagree; `params` are the variant's params with defaults
     filled in, as checkpoints store them. `what` says what needs them equal."""
     saved = state["config"]
-    diffs = config_differences(saved.get("params", {}), params, param_keys)
+    # a checkpoint written before a param was renamed stores it under its old name
+    diffs = config_differences(with_current_names(saved.get("params", {})), params, param_keys)
     saved_data, data = saved.get("data", {}), variant.to_dict()["data"]
     diffs += config_differences(saved_data, data, ("image_size",))
     if saved.get("method") != variant.method:

@@ -2,8 +2,8 @@
 
 Completion network: an encoder-decoder that halves the image twice, runs dilated 3x3 convolutions
 (rates 2, 4, 8, 16) at a quarter of the size, and doubles it back; it is fed the masked image with
-the boxes pre-filled (`hole_init`: zero = the constant mid-grey of report 004, mean, telea,
-navier-stokes; pix2pix's HoleFill) and the mask as a fourth channel. With `residual` (this
+the boxes pre-filled (`hole_fill`: zero = the constant mid-grey of report 004, mean, telea,
+navier-stokes; pipeline/inpainters/fill.py) and the mask as a fourth channel. With `residual` (this
 project's addition, as in pix2pix) it predicts a residual on the fill before the final tanh.
 
 Context discriminator: a global branch on the whole image and a local branch on a
@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
-from pipeline.inpainters.pix2pix import HOLE_INITS, NORMS, HoleFill, box_loss, generator_input, norm_layer
+from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+from pipeline.inpainters.pix2pix import NORMS, box_loss, generator_input, norm_layer
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
 
@@ -40,7 +42,7 @@ PHASES = ("completion", "discriminator", "joint")
 class NetworkParams:
     width: int = 64  # completion network: channels of the first layer (the paper's 64; 4x in the middle)
     norm: str = "batch"  # batch | instance | none
-    hole_init: str = "zero"  # zero (mid-grey) | mean | telea | navier-stokes
+    hole_fill: str = "zero"  # zero (mid-grey) | mean | telea | navier-stokes | none
     residual: bool = False  # predict a residual on the fill (tanh space), as pix2pix does here
     d_width: int = 64  # discriminators: channels of the first layer (doubling to 8x)
     local_size: int = 128  # side of the local discriminator's crop around a box
@@ -54,7 +56,7 @@ class LossParams:
     alpha: float = 0.0004  # weight of the adversarial term in phase 3 (the paper's)
 
 
-GENERATOR_KEYS = ("width", "norm", "hole_init", "residual")
+GENERATOR_KEYS = ("width", "norm", "hole_fill", "residual")
 
 
 def phase(epoch: int, loss: LossParams) -> str:
@@ -224,7 +226,7 @@ class GLCICFamily(Family):
     def check(self, variant: VariantConfig, config: TrainableConfig) -> None:
         net, loss, where = config.network, config.loss, variant.source or variant.name
         choice(variant, "norm", net.norm, NORMS)
-        choice(variant, "hole_init", net.hole_init, HOLE_INITS)
+        choice(variant, "hole_fill", net.hole_fill, HOLE_FILLS)
         choice(variant, "joint_mse", loss.joint_mse, JOINT_MSE)
         at_least(variant, {"width": net.width, "d_width": net.d_width})
         at_least(variant, {"completion_epochs": loss.completion_epochs,
@@ -244,8 +246,8 @@ class GLCICFamily(Family):
                               f"({loss.completion_epochs} + {loss.discriminator_epochs}) exceed params.epochs "
                               f"({config.train.epochs}); the joint phase would never come")
 
-    def hole_fill(self, config: TrainableConfig) -> HoleFill:
-        return HoleFill(config.network.hole_init)
+    def hole_fill(self, config: TrainableConfig) -> partial:
+        return partial(fill_holes, how=config.network.hole_fill)
 
     def build_generator(self, config: TrainableConfig) -> CompletionNetwork:
         net = config.network

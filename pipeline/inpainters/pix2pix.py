@@ -1,8 +1,8 @@
 """pix2pix for box inpainting: a U-Net generator, a 70x70 PatchGAN, their objectives, and the
 Inpainter that loads a trained checkpoint.
 
-The generator sees the masked photo with its hole pre-filled (`hole_init`: zero, mean, telea,
-navier-stokes) plus the mask as a fourth channel, and predicts a residual on top of that fill:
+The generator sees the masked photo with its hole pre-filled (`hole_fill`: zero, mean, telea,
+navier-stokes; pipeline/inpainters/fill.py) plus the mask as a fourth channel, and predicts a residual on top of that fill:
 the residual is added before the final tanh, so a zero residual reproduces the fill exactly and
 the output stays in -1..1. Only box pixels are kept (the pipeline composites), so the
 reconstruction losses are taken over the box pixels alone.
@@ -21,20 +21,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
+from functools import partial
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
+from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
 
 OBJECTIVES = ("gan", "l1", "l2")
 GAN_LOSSES = ("vanilla", "lsgan")
 NORMS = ("batch", "instance", "none")
-HOLE_INITS = ("zero", "mean", "telea", "navier-stokes")
 
 
 @dataclass
@@ -45,7 +46,7 @@ class NetworkParams:
     depth: int = 8  # down-samplings; 8 takes 256x256 to 1x1 (the paper's U-Net-256)
     norm: str = "batch"  # batch | instance | none
     dropout: bool = True  # dropout 0.5 in the widest decoder layers, as in the paper
-    hole_init: str = "telea"  # what fills the hole before the generator: zero|mean|telea|navier-stokes
+    hole_fill: str = "telea"  # what fills the hole before the generator: zero|mean|telea|navier-stokes|none
     ndf: int = 64  # discriminator width (gan objective only)
     d_layers: int = 3  # PatchGAN strided layers; 3 gives the 70x70 receptive field
 
@@ -60,37 +61,12 @@ class LossParams:
 
 
 # what a generator's weights are trained for: a checkpoint must agree on these to be used
-GENERATOR_KEYS = ("ngf", "depth", "norm", "dropout", "hole_init")
+GENERATOR_KEYS = ("ngf", "depth", "norm", "dropout", "hole_fill")
 
 
 def pix2pix_config(variant: VariantConfig) -> TrainableConfig:
     """The variant's params in their typed groups (network, loss, train, inference), checked."""
     return FAMILY.config(variant)
-
-
-# ---------------------------------------------------------------------------------------------
-# Hole initialisation: uint8 in, uint8 out, so it runs in the data loader's workers
-
-
-class HoleFill:
-    """(masked uint8 HxWx3, bool HxW mask) -> uint8 HxWx3 with the hole filled; picklable, so it
-    runs in the loader's worker processes whatever their start method."""
-
-    def __init__(self, name: str):
-        if name not in HOLE_INITS:
-            raise ValueError(f"hole_init {name!r} is not one of {', '.join(HOLE_INITS)}")
-        self.name = name
-
-    def __call__(self, masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        if self.name in ("telea", "navier-stokes"):
-            flag = cv2.INPAINT_TELEA if self.name == "telea" else cv2.INPAINT_NS
-            return cv2.inpaint(masked, mask.astype(np.uint8), 5.0, flag)
-        out = masked.copy()
-        if self.name == "zero":
-            out[mask] = 128  # 0 on the model's -1..1 scale: the canonical pix2pix input
-        else:  # mean colour of the known pixels
-            out[mask] = np.round(masked[~mask].mean(axis=0)).astype(np.uint8)
-        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +287,7 @@ class Pix2PixFamily(Family):
     def check(self, variant: VariantConfig, config: TrainableConfig) -> None:
         net, loss = config.network, config.loss
         choice(variant, "norm", net.norm, NORMS)
-        choice(variant, "hole_init", net.hole_init, HOLE_INITS)
+        choice(variant, "hole_fill", net.hole_fill, HOLE_FILLS)
         choice(variant, "objective", loss.objective, OBJECTIVES)
         choice(variant, "gan_loss", loss.gan_loss, GAN_LOSSES)
         size = variant.data.image_size
@@ -320,8 +296,8 @@ class Pix2PixFamily(Family):
                               f"divide the {size}px image evenly; use 2..{int(np.log2(size & -size))}")
         at_least(variant, {"ngf": net.ngf, "ndf": net.ndf, "d_layers": net.d_layers})
 
-    def hole_fill(self, config: TrainableConfig) -> HoleFill:
-        return HoleFill(config.network.hole_init)
+    def hole_fill(self, config: TrainableConfig) -> partial:
+        return partial(fill_holes, how=config.network.hole_fill)
 
     def build_generator(self, config: TrainableConfig) -> UNetGenerator:
         return build_generator(config.network)
