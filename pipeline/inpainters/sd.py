@@ -49,6 +49,7 @@ import numpy as np
 
 from pipeline.config import ConfigError, PipelineError, VariantConfig, parse_params
 from pipeline.data.boxes import Box
+from pipeline.devices import execution_device
 from pipeline.inpainters.base import InpaintBatch, Inpainter
 from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
 
@@ -258,22 +259,6 @@ def check_model(params: SDParams) -> ModelSource:
 
 # --- the diffusers pipeline, loaded once per model and settings ------------------------------
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return str(PartialState().device)
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -297,7 +282,7 @@ _LOADED: dict[tuple, LoadedPipeline] = {}
 
 def load_pipeline(params: SDParams, source: ModelSource) -> LoadedPipeline:
     """AutoPipelineForInpainting.from_pretrained(source), on its device and dtype; cached."""
-    device = resolve_device(params.device)
+    device = str(execution_device(params.device))
     offload = params.cpu_offload and not device.startswith(("cpu", "mps"))
     if params.cpu_offload and not offload:
         warnings.warn(f"cpu_offload ignored on device {device}: it offloads GPU models to the CPU")
