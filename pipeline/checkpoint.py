@@ -11,13 +11,13 @@ strings, lists, dicts only), so opening a checkpoint never runs code from it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.config import PipelineError, VariantConfig, with_current_names
+from pipeline.files import atomic_write
 
 FORMAT = "pipeline-checkpoint/1"
 
@@ -31,14 +31,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     A run killed mid-write leaves the previous checkpoint whole.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path, hint: str = "", named_by_user: bool = False) -> dict[str, Any]:

@@ -21,13 +21,11 @@ it (the submission writer) goes through the records in the competition's order.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from pipeline.data.competition import (
     read_image,
     write_image,
 )
+from pipeline.files import locked
 from pipeline.inpainters.base import InpaintBatch, Inpainter, build_inpainter, composite
 from pipeline.score import Scores, score_boxes
 
@@ -70,25 +69,11 @@ def prediction_dir(variant_name: str, split: str, competition: Competition, root
     return Path(root) / competition_key(competition) / variant_name / split
 
 
-@contextmanager
 def variant_lock(variant_name: str, competition: Competition, root: Path = PREDICTIONS_DIR):
     """Runs of one variant on one competition take turns: predictions, CSV and leaderboard row
     of a run are its own. A second run waits, saying which process holds the lock."""
     folder = Path(root) / competition_key(competition) / variant_name
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            print(f"waiting: {holder} is running {variant_name} on {competition.root}", file=sys.stderr, flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} ({' '.join(sys.argv[:6])}, since {time.strftime('%H:%M:%S')})")
-        lock.flush()
-        yield
+    return locked(folder / ".lock", f"running {variant_name} on {competition.root}")
 
 
 def masked_batches(records: Sequence[ImageRecord], size: int, batch_size: int) -> Iterator[tuple[list[ImageRecord], InpaintBatch]]:
