@@ -7,6 +7,8 @@ import torch
 
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.inpainters import pix2pix as p2p
+from pipeline.inpainters.blocks import generator_input
+from pipeline.inpainters.losses import box_loss
 
 
 def test_zero_residual_reproduces_the_hole_fill_and_outputs_stay_in_range():
@@ -14,12 +16,12 @@ def test_zero_residual_reproduces_the_hole_fill_and_outputs_stay_in_range():
     g = p2p.UNetGenerator(ngf=8, depth=4, norm="instance", dropout=False)
     fill = torch.rand(2, 3, 64, 64) * 2 - 1
     mask = torch.zeros(2, 1, 64, 64)
-    out = g(p2p.generator_input(fill, mask), fill)
+    out = g(generator_input(fill, mask), fill)
     assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1.0
     last = g.ups[0][1]  # the outermost transposed conv produces the residual
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
-    out = g(p2p.generator_input(fill, mask), fill)
+    out = g(generator_input(fill, mask), fill)
     assert torch.allclose(out, fill.clamp(-0.999, 0.999), atol=1e-5)
 
 
@@ -55,8 +57,8 @@ def test_box_losses_count_only_box_pixels():
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:4, 2:4] = 1
     prediction[..., 2:4, 2:4] = 0.5
-    assert p2p.box_loss(prediction, target, mask, "l1").item() == pytest.approx(0.5)
-    assert p2p.box_loss(prediction, target, mask, "l2").item() == pytest.approx(0.25)
+    assert box_loss(prediction, target, mask, "l1").item() == pytest.approx(0.5)
+    assert box_loss(prediction, target, mask, "l2").item() == pytest.approx(0.25)
 
 
 def _variant(**params) -> VariantConfig:

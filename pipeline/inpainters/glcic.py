@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
+from pipeline.inpainters.blocks import NORMS, generator_input, norm_layer, residual_on_fill
 from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
-from pipeline.inpainters.pix2pix import NORMS, box_loss, generator_input, norm_layer
+from pipeline.inpainters.losses import GANLoss, box_loss
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
 
@@ -110,7 +111,7 @@ class CompletionNetwork(nn.Module):
     def forward(self, filled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.layers(generator_input(filled, mask)).float()
         if self.residual:  # zero residual -> the fill
-            return torch.tanh(torch.atanh(filled.float().clamp(-0.999, 0.999)) + out)
+            return residual_on_fill(filled, out)
         return torch.tanh(out)
 
 
@@ -161,11 +162,6 @@ def mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind
     return (prediction.float() - target.float()).square().mean()
 
 
-def bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(real)))
-
-
 class GLCICStep:
     """step(batch, epoch): the phase's updates (completion: G on masked MSE; discriminator: D;
     joint: D, then G on MSE + alpha x adversarial)."""
@@ -176,6 +172,7 @@ class GLCICStep:
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         # G's adversarial term goes through the bare module: no DDP hooks, no gradients for D
         self.plain_d = accelerator.unwrap_model(discriminator)
+        self.gan_loss = GANLoss("vanilla").to(accelerator.device)
 
     def __call__(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         acc, loss = self.accelerator, self.loss
@@ -192,7 +189,7 @@ class GLCICStep:
             with acc.autocast():  # real and fake in one forward: one backward through DDP
                 logits = self.discriminator(torch.cat([target, composited.detach()]), torch.cat([real_crop, fake_crop]))
             real_logits, fake_logits = logits.chunk(2)
-            loss_d = bce(real_logits, True) + bce(fake_logits, False)
+            loss_d = self.gan_loss(real_logits, True) + self.gan_loss(fake_logits, False)
             acc.backward(loss_d)
             self.opt_d.step()
             self.opt_d.zero_grad(set_to_none=True)
@@ -206,7 +203,7 @@ class GLCICStep:
             with acc.autocast():
                 adv_logits = self.plain_d(composited, local_crops(composited, boxes, self.local_size))
             self.plain_d.requires_grad_(True)
-            logs["loss/g_adv"] = bce(adv_logits, True)
+            logs["loss/g_adv"] = self.gan_loss(adv_logits, True)
             loss_g = loss_g + loss.alpha * logs["loss/g_adv"]
         acc.backward(loss_g)
         self.opt_g.step()

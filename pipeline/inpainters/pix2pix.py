@@ -2,9 +2,9 @@
 Inpainter that loads a trained checkpoint.
 
 The generator sees the masked photo with its hole pre-filled (`hole_fill`: zero, mean, telea,
-navier-stokes; pipeline/inpainters/fill.py) plus the mask as a fourth channel, and predicts a residual on top of that fill:
-the residual is added before the final tanh, so a zero residual reproduces the fill exactly and
-the output stays in -1..1. Only box pixels are kept (the pipeline composites), so the
+navier-stokes; fill.py) plus the mask as a fourth channel, and predicts a residual on top of that
+fill: the residual is added before the final tanh, so a zero residual reproduces the fill exactly
+and the output stays in -1..1. Only box pixels are kept (the pipeline composites), so the
 reconstruction losses are taken over the box pixels alone.
 
 Objectives (`objective`):
@@ -25,17 +25,16 @@ from functools import partial
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
+from pipeline.inpainters.blocks import NORMS, generator_input, init_weights, norm_layer, residual_on_fill
 from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+from pipeline.inpainters.losses import GAN_LOSSES, GANLoss, box_loss
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
 
 OBJECTIVES = ("gan", "l1", "l2")
-GAN_LOSSES = ("vanilla", "lsgan")
-NORMS = ("batch", "instance", "none")
 
 
 @dataclass
@@ -70,15 +69,7 @@ def pix2pix_config(variant: VariantConfig) -> TrainableConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks
-
-
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels)
-    return nn.Identity()
+# Networks (the pieces other families share are in blocks.py)
 
 
 class Down(nn.Sequential):
@@ -143,9 +134,7 @@ class UNetGenerator(nn.Module):
         x = self.ups[-1](skips.pop())
         for up in reversed(self.ups[:-1]):
             x = up(torch.cat([x, skips.pop()], dim=1))
-        # residual in tanh's input space: zero residual -> the fill; always inside -1..1
-        base = torch.atanh(fill.float().clamp(-0.999, 0.999))
-        return torch.tanh(base + x.float())
+        return residual_on_fill(fill, x)
 
 
 class PatchDiscriminator(nn.Module):
@@ -168,18 +157,6 @@ class PatchDiscriminator(nn.Module):
         return self.model(x)
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """The paper's init: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, std)
-            nn.init.zeros_(m.bias)
-
-
 def build_generator(net: NetworkParams) -> UNetGenerator:
     model = UNetGenerator(4, 3, net.ngf, net.depth, net.norm, net.dropout)
     init_weights(model)
@@ -194,32 +171,7 @@ def build_discriminator(net: NetworkParams) -> PatchDiscriminator:
 
 
 # ---------------------------------------------------------------------------------------------
-# Objectives (all tensors float, NCHW; mask (N, 1, H, W) with 1 in the boxes)
-
-
-def generator_input(masked_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) filled masked image in -1..1 + (N, 1, H, W) mask -> (N, 4, H, W)."""
-    return torch.cat([masked_image, mask], dim=1)
-
-
-def box_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean absolute (l1) or squared (l2) error over the box pixels only."""
-    diff = (prediction.float() - target.float()) * mask
-    values = diff.abs() if kind == "l1" else diff.square()
-    return values.sum() / (mask.sum() * prediction.shape[1]).clamp_min(1.0)
-
-
-def gan_loss(logits: torch.Tensor, real: bool, kind: str) -> torch.Tensor:
-    """Adversarial loss of PatchGAN logits against an all-real or all-fake label."""
-    logits = logits.float()
-    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-    if kind == "lsgan":
-        return F.mse_loss(logits, target)
-    return F.binary_cross_entropy_with_logits(logits, target)
-
-
-# ---------------------------------------------------------------------------------------------
-# Inference
+# The step (objectives in losses.py; tensors float NCHW, mask (N, 1, H, W) with 1 in the boxes)
 
 
 class Pix2PixStep:
@@ -234,6 +186,7 @@ class Pix2PixStep:
         self.accelerator, self.loss, self.channels_last = accelerator, config.loss, config.train.channels_last
         self.generator, self.opt_g = generator, opt_g
         self.discriminator, self.opt_d = discriminator, opt_d
+        self.gan_loss = GANLoss(config.loss.gan_loss).to(accelerator.device)
         # G's adversarial term goes through the bare module: no DDP hooks, no gradients for D
         self.plain_d = accelerator.unwrap_model(discriminator) if discriminator is not None else None
 
@@ -252,10 +205,10 @@ class Pix2PixStep:
             with acc.no_sync(self.discriminator):  # summed locally, synced by the second backward
                 with acc.autocast():
                     real_logits = self.discriminator(torch.cat([g_input, target], dim=1))
-                acc.backward(0.5 * gan_loss(real_logits, True, loss.gan_loss))
+                acc.backward(0.5 * self.gan_loss(real_logits, True))
             with acc.autocast():
                 fake_logits = self.discriminator(torch.cat([g_input, composited.detach()], dim=1))
-            loss_fake = gan_loss(fake_logits, False, loss.gan_loss)
+            loss_fake = self.gan_loss(fake_logits, False)
             acc.backward(0.5 * loss_fake)
             self.opt_d.step()
             self.opt_d.zero_grad(set_to_none=True)
@@ -264,7 +217,7 @@ class Pix2PixStep:
             with acc.autocast():
                 adv_logits = self.plain_d(torch.cat([g_input, composited], dim=1))
             self.plain_d.requires_grad_(True)
-            loss_adv = gan_loss(adv_logits, True, loss.gan_loss)
+            loss_adv = self.gan_loss(adv_logits, True)
             loss_l1 = box_loss(prediction, target, mask, "l1")
             loss_g = loss_adv + loss.lambda_l1 * loss_l1
             logs = {"loss/d_fake": loss_fake, "loss/g_adv": loss_adv, "loss/box_l1": loss_l1}
