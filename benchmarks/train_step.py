@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.inpainters import pix2pix as p2p  # noqa: E402
+from pipeline.inpainters.fill import fill_holes  # noqa: E402
 
 SIZE = 256
 
@@ -209,7 +211,7 @@ def loader_rate(workers: int, batch_size: int, batches: int) -> float:
 
     variant = load_variant("pix2pix-cpu")
     competition = load_competition(variant.data)
-    dataset = BoxInpaintingDataset(competition.train, variant.data, AugmentConfig(), p2p.HoleFill("telea"))
+    dataset = BoxInpaintingDataset(competition.train, variant.data, AugmentConfig(), partial(fill_holes, how="telea"))
     sampler = EpochSampler(len(dataset), 0)
     loader = DataLoader(EpochDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,

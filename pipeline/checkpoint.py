@@ -11,14 +11,14 @@ strings, lists, dicts only), so opening a checkpoint never runs code from it.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.config import PipelineError, VariantConfig
+from pipeline.config import PipelineError, VariantConfig, with_current_names
+from pipeline.files import atomic_write
 from pipeline.next_step import NextStep
 
 FORMAT = "pipeline-checkpoint/1"
@@ -33,14 +33,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     A run killed mid-write leaves the previous checkpoint whole.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path, hint: str = "", named_by_user: bool = False) -> dict[str, Any]:
@@ -105,7 +99,8 @@ def check_same_config(path: Path, state: dict[str, Any], variant: VariantConfig,
     checkpoint's config and `variant` disagree; `params` are the variant's params with defaults
     filled in, as checkpoints store them. `what` says what needs them equal."""
     saved = state["config"]
-    diffs = config_differences(saved.get("params", {}), params, param_keys)
+    # a checkpoint written before a param was renamed stores it under its old name
+    diffs = config_differences(with_current_names(saved.get("params", {})), params, param_keys)
     saved_data, data = saved.get("data", {}), variant.to_dict()["data"]
     diffs += config_differences(saved_data, data, ("image_size",))
     if saved.get("method") != variant.method:

@@ -34,6 +34,8 @@ LAYOUTS = ("auto", "photo-reconstruction", "generic")
 CHANNEL_ORDERS = ("rgb", "bgr")
 VALUE_KINDS = ("decimal", "integer")
 VAL_INPUTS = ("masked", "clean")
+# params renamed since configs were written with them: old key -> its name now
+RENAMED_PARAMS = {"hole_init": "hole_fill", "prefill": "hole_fill"}
 
 
 @dataclass
@@ -162,6 +164,18 @@ def data_config(values: dict[str, Any] | None = None, where: str = "data") -> Da
     return cfg
 
 
+def check_renamed_params(params: Any, where: str) -> None:
+    """ConfigError naming `where` (a file) when `params` uses a key that has been renamed."""
+    old = sorted(set(params) & set(RENAMED_PARAMS)) if isinstance(params, dict) else []
+    if old:
+        raise ConfigError(f"{where}: params.{old[0]}: this key is now `{RENAMED_PARAMS[old[0]]}`; rename it in the file")
+
+
+def with_current_names(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` (e.g. as a checkpoint stored them) with renamed keys under their names now."""
+    return {RENAMED_PARAMS.get(key, key): value for key, value in params.items()}
+
+
 def resolve_variant_path(name_or_path: str | Path) -> Path:
     """`telea` -> configs/telea.yaml; an existing path is returned as is."""
     path = Path(name_or_path)
@@ -181,7 +195,9 @@ def load_variant(name_or_path: str | Path, data_root: str | Path | None = None) 
     differs from the sample, the sample's ground-truth folder no longer applies.
     """
     path = resolve_variant_path(name_or_path)
-    return variant_from_dict(read_yaml(path), source=path, data_root=data_root)
+    raw = read_yaml(path)
+    check_renamed_params(raw.get("params") if isinstance(raw, dict) else None, str(path))
+    return variant_from_dict(raw, source=path, data_root=data_root)
 
 
 def read_yaml(path: Path):
@@ -212,13 +228,14 @@ def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[Va
     unknown = sorted(set(raw) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SWEEP_KEYS)}")
-    base = raw.get("base")
+    base, base_where = raw.get("base"), f"{path}: base"
     if isinstance(base, str):
         beside = path.parent / base  # a file name relative to the sweep file
         base_path = beside if beside.suffix in (".yaml", ".yml") and beside.exists() else resolve_variant_path(base)
-        base = read_yaml(base_path)
+        base, base_where = read_yaml(base_path), str(base_path)
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: expected a variant config name/path or a mapping")
+    check_renamed_params(base.get("params"), base_where)
     entries = raw.get("variants")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: variants: expected a non-empty list of mappings with a name")
@@ -233,6 +250,7 @@ def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[Va
         if name in seen:
             raise ConfigError(f"{where}: name {name!r} appears twice")
         seen.add(name)
+        check_renamed_params(entry.get("params"), where)
         merged = {**base, **entry}
         for key in ("params", "data"):
             if not isinstance(entry.get(key, {}), dict):

@@ -22,16 +22,14 @@ rewritten: it stops the command with the line to mend.
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
-import os
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import ConfigError, PipelineError
+from pipeline.files import atomic_write, locked
 from pipeline.next_step import NextStep
 
 LEADERBOARD_PATH = Path("submissions/leaderboard.csv")
@@ -107,18 +105,12 @@ class Leaderboard:
     def _write(self, table: pd.DataFrame, before: int) -> None:
         if len(table) < before:  # never lose a row someone recorded
             raise LeaderboardError(f"{self.path}: refusing to write {len(table)} rows over {before}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, self.path)
+        with atomic_write(self.path) as tmp:
+            table.to_csv(tmp, index=False)
 
-    @contextmanager
     def _locked(self):
         """Serialise read-modify-write between processes (two submits at once)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return locked(self.path.with_name(f".{self.path.name}.lock"), f"updating {self.path}")
 
     def record(self, entry: dict) -> dict:
         """Append one submission's row; unknown keys are an error, missing ones empty."""

@@ -5,11 +5,9 @@ the records and the main one checks and publishes the merged folder."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pipeline.data.competition import (
     write_image,
 )
 from pipeline.data.predictions import PREDICTIONS_DIR, competition_key, prediction_dir
+from pipeline.files import locked
 from pipeline.inpainters.base import InpaintBatch, Inpainter, build_inpainter, composite
 from pipeline.score import split_fingerprint
 
@@ -40,25 +39,11 @@ class PredictionRun:
     seconds_per_image: float
 
 
-@contextmanager
 def variant_lock(variant_name: str, competition: Competition, root: Path = PREDICTIONS_DIR):
     """Runs of one variant on one competition take turns: predictions, CSV and leaderboard row
     of a run are its own. A second run waits, saying which process holds the lock."""
     folder = Path(root) / competition_key(competition) / variant_name
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            print(f"waiting: {holder} is running {variant_name} on {competition.root}", file=sys.stderr, flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} ({' '.join(sys.argv[:6])}, since {time.strftime('%H:%M:%S')})")
-        lock.flush()
-        yield
+    return locked(folder / ".lock", f"running {variant_name} on {competition.root}")
 
 
 def masked_batches(records: Sequence[ImageRecord], size: int, batch_size: int) -> Iterator[tuple[list[ImageRecord], InpaintBatch]]:

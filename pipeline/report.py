@@ -42,6 +42,7 @@ from pipeline.config import ConfigError, DataConfig, data_config, variant_from_d
 from pipeline.data.boxes import apply_mask, box_pixels, boxes_mask
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
 from pipeline.data.predictions import PREDICTIONS_DIR, prediction_dir
+from pipeline.files import write_bytes_atomic
 from pipeline.inpainters.base import METHODS
 from pipeline.leaderboard import Leaderboard
 from pipeline.next_step import NextStep
@@ -371,13 +372,6 @@ def _stack_png(images: Sequence[bytes]) -> bytes:
     return encoded.tobytes()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -521,7 +515,7 @@ def build_report(leaderboard: Leaderboard, out: Path = REPORT_PATH, variants: Se
 
     pngs = [p for p in (chart_png, heatmap_png, gallery_png) if p is not None]
     png_path = out.with_suffix(".png")
-    _write_atomic(png_path, _stack_png(pngs))
+    write_bytes_atomic(png_path, _stack_png(pngs))
 
     run_dirs = sorted({str(Path(d).parent) for d in rows["run_dir"].dropna() if isinstance(d, str) and Path(d).exists()})
     page = page_template().render(
@@ -533,5 +527,5 @@ def build_report(leaderboard: Leaderboard, out: Path = REPORT_PATH, variants: Se
         heatmap=_data_uri(heatmap_png) if heatmap_png is not None else None,
         gallery_note=gallery_note, gallery=_data_uri(gallery_png) if gallery_png is not None else None,
         run_dirs=run_dirs)
-    _write_atomic(out, page.encode("utf-8"))
+    write_bytes_atomic(out, page.encode("utf-8"))
     return Report(out, png_path, list(rows["variant"]), notes)

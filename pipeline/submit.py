@@ -10,12 +10,12 @@ CSV is replaced, so a row's scores are always its own run's and its file is the 
 
 from __future__ import annotations
 
-import fcntl
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition
+from pipeline.files import locked
 from pipeline.leaderboard import Leaderboard, kaggle_message
 from pipeline.next_step import NextStep
 
@@ -55,7 +55,7 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
         val = score_split(competition, "val", runs["val"].folder, variant.name) if "val" in runs else None
         path = out_dir / f"{variant.name}.csv"
         # runs of this variant on other data write the same file: write, read back and record in turn
-        with _csv_lock(path):
+        with locked(path.with_name(f".{path.name}.lock"), f"writing {path}"):
             csv = write_submission(path, competition, lambda i: load_prediction(test_folder, competition.test[i], size),
                                    spec=spec)
             test_rmse = None
@@ -64,14 +64,6 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
                 test = score_boxes(read_submission(csv.path, competition, spec), truth_boxes(competition, competition.test))
                 test_rmse = test.rmse
             return leaderboard.record(_entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir))
-
-
-@contextmanager
-def _csv_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> dict:

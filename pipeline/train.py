@@ -29,6 +29,7 @@ from pipeline.checkpoint import (CheckpointError, check_same_config, load_state_
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
 from pipeline.data.dataset import AugmentConfig, BoxInpaintingDataset, to_image
+from pipeline.devices import execution_device
 from pipeline.inpainters.base import inpainter_class
 from pipeline.inpainters.trainable import CHECKPOINT_DIR, Family, TrainableConfig, set_lr
 
@@ -222,7 +223,7 @@ def _accelerator(precision: str):
     if shared and shared.get("_mixed_precision") != precision and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         AcceleratorState._reset_state()
     # cpu=True on a machine without an accelerator lets torchrun / accelerate launch run several CPU processes (gloo)
-    cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    cpu = execution_device(per_process=False).type == "cpu"
     return Accelerator(mixed_precision=precision, cpu=cpu)
 
 

@@ -115,7 +115,7 @@ def test_joint_phase_mse_follows_the_switch():
     ({"completion_epochs": 150, "discriminator_epochs": 60}, ["completion_epochs", "exceed", "epochs"]),
     ({"local_size": 100}, ["local_size", "power of two"]),
     ({"local_size": 64}, ["local_size", "75px box"]),
-    ({"hole_init": "blur"}, ["hole_init", "telea"]),
+    ({"hole_fill": "blur"}, ["hole_fill", "telea"]),
 ])
 def test_bad_params_are_errors_naming_the_key(params, words):
     with pytest.raises(ConfigError) as err:

@@ -37,7 +37,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
 MAX_PIXELS = 600 * 600  # the test server's limit: a "huge" image stays cheap to make
-TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_init="telea")
+TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_fill="telea")
 
 
 class SlowInpainter(Inpainter):

@@ -26,7 +26,7 @@ from pipeline.train import train
 
 from tests.conftest import REPO, small_data_config
 
-TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_init="telea", objective="gan",
+TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_fill="telea", objective="gan",
             gan_loss="lsgan", train_batch_size=4, epochs=2, lr=0.001, mixed_precision="bf16",
             num_workers=0, max_minutes=0.0, log_every=2, checkpoint_every=4, seed=0)
 
@@ -112,7 +112,7 @@ def _env() -> dict[str, str]:
 
 def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(workspace):
     # depth 6 puts dropout in a decoder layer (the RNG matters); batch norm adds running stats
-    params = dict(epochs=2, checkpoint_every=3, dropout=True, norm="batch", depth=6, hole_init="mean")
+    params = dict(epochs=2, checkpoint_every=3, dropout=True, norm="batch", depth=6, hole_fill="mean")
     write_variant(workspace, "resume", **params)
     subprocess.run(_train_cmd(), check=True, env=_env(), capture_output=True, timeout=300)
     reference = read_checkpoint(workspace / "checkpoints/resume/last.pt")
@@ -292,7 +292,7 @@ def test_an_empty_training_folder_is_an_error_before_anything_is_written(workspa
 
 FAMILY_TINY = {
     "pconv": dict(width=4, max_width=8, depth=4, kernels="5,3", norm="none", loss="paper"),
-    "glcic": dict(width=4, d_width=4, norm="none", hole_init="telea", residual=True, completion_epochs=1,
+    "glcic": dict(width=4, d_width=4, norm="none", hole_fill="telea", residual=True, completion_epochs=1,
                   discriminator_epochs=1, joint_mse="global"),
 }
 

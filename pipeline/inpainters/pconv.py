@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
-from pipeline.inpainters.pix2pix import NORMS, box_loss, init_weights, norm_layer
+from pipeline.inpainters.blocks import NORMS, init_weights, norm_layer
+from pipeline.inpainters.losses import box_loss
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
 

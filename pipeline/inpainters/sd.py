@@ -20,13 +20,14 @@ import numpy as np
 
 from pipeline.config import ConfigError, PipelineError, VariantConfig, parse_params
 from pipeline.data.boxes import Box
+from pipeline.devices import execution_device
 from pipeline.inpainters.base import InpaintBatch, Inpainter
+from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
 PROMPT_FIELDS = ("animal", "a_animal")
 RESIZE_MODES = ("whole", "crop")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
-PREFILLS = ("none", "mean", "telea")
 # short names for diffusers scheduler classes; any diffusers scheduler class name also works
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -70,7 +71,7 @@ class SDParams:
     size: int = 512  # the model's working resolution
     crop_padding: int = 32  # crop mode: context pixels (at the image's scale) around the box
     mask_dilation: int = 4  # pixels (image scale) the mask is grown beyond the box
-    prefill: str = "telea"  # what the boxes hold before the model sees them: none | mean | telea
+    hole_fill: str = "telea"  # what the boxes hold before the model sees them: none | zero | mean | telea | navier-stokes
     colour_correction: bool = False
     ring_width: int = 4  # pixels around the box whose colour statistics the correction matches
 
@@ -229,22 +230,6 @@ def check_model(params: SDParams) -> ModelSource:
 
 # --- the diffusers pipeline, loaded once per model and settings ------------------------------
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return str(PartialState().device)
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -268,7 +253,7 @@ _LOADED: dict[tuple, LoadedPipeline] = {}
 
 def load_pipeline(params: SDParams, source: ModelSource) -> LoadedPipeline:
     """AutoPipelineForInpainting.from_pretrained(source), on its device and dtype; cached."""
-    device = resolve_device(params.device)
+    device = str(execution_device(params.device))
     offload = params.cpu_offload and not device.startswith(("cpu", "mps"))
     if params.cpu_offload and not offload:
         warnings.warn(f"cpu_offload ignored on device {device}: it offloads GPU models to the CPU")
@@ -361,21 +346,6 @@ def box_mask(box: Box, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def prefill(images: np.ndarray, masks: np.ndarray, how: str) -> np.ndarray:
-    """Copies of `images` whose masked pixels hold a cheap fill (context for the model)."""
-    out = images.copy()
-    if how == "none":
-        return out
-    for image, mask in zip(out, masks):
-        if not mask.any() or mask.all():
-            continue
-        if how == "mean":
-            image[mask] = np.round(image[~mask].mean(axis=0)).astype(np.uint8)
-        else:
-            image[:] = cv2.inpaint(image, mask.astype(np.uint8), 5.0, cv2.INPAINT_TELEA)
-    return out
-
-
 def colour_correct(image: np.ndarray, known: np.ndarray, raw: np.ndarray, boxes, all_boxes: np.ndarray,
                    regenerated: np.ndarray, ring_width: int) -> np.ndarray:
     """`image` with each box shifted per channel by mean(known - raw) over the box's ring.
@@ -408,7 +378,7 @@ class SDInpainter(Inpainter):
     def parse(variant: VariantConfig) -> SDParams:
         params = parse_params(SDParams, variant.params, variant)
         where = f"{variant.source or variant.name}: params"
-        for name, allowed in (("resize", RESIZE_MODES), ("dtype", DTYPES), ("prefill", PREFILLS)):
+        for name, allowed in (("resize", RESIZE_MODES), ("dtype", DTYPES), ("hole_fill", HOLE_FILLS)):
             if getattr(params, name) not in allowed:
                 raise ConfigError(f"{where}.{name}: {getattr(params, name)!r} is not one of {', '.join(allowed)}")
         if not isinstance(params.animal_names, dict) or not all(
@@ -522,7 +492,7 @@ class SDInpainter(Inpainter):
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
         p = self.params
         images, masks = batch.masked_images, batch.masks
-        context = prefill(images, masks, p.prefill)
+        context = fill_holes(images, masks, p.hole_fill)
         model_masks = np.stack([dilate(m, p.mask_dilation) for m in masks])
         pipe = self._prepare_pipe()
         if p.resize == "whole":

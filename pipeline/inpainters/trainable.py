@@ -17,7 +17,6 @@ the family's NetworkParams and LossParams, and the shared TrainParams and Infere
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig, param_where, parse_params
 from pipeline.data.dataset import to_image, to_tensor
+from pipeline.devices import execution_device
 from pipeline.inpainters.base import InpaintBatch, Inpainter
 
 CHECKPOINT_DIR = Path("checkpoints")
@@ -101,16 +101,6 @@ def at_least(variant: VariantConfig, values: dict[str, float], minimum: float = 
     for key, value in values.items():
         if value < minimum:
             raise ConfigError(f"{variant.source or variant.name}: params.{key}: must be at least {minimum}, got {value}")
-
-
-def inference_device() -> torch.device:
-    """This process's device: under `accelerate launch` / torchrun (WORLD_SIZE > 1) the one
-    accelerate assigned it (cuda:<local rank>), else the GPU if there is one, else the CPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return PartialState().device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Family:
@@ -248,7 +238,7 @@ class TrainedInpainter(Inpainter):
     family: Family
 
     def __init__(self, generator: nn.Module, config: TrainableConfig, device: torch.device | None = None):
-        self.device = device or inference_device()
+        self.device = device or execution_device()
         self.generator = generator.to(self.device).eval()
         self.fill = self.family.hole_fill(config)
         self.tta_flip = config.inference.tta_flip

@@ -1,0 +1,101 @@
+"""Files several processes share: written whole or not at all (`atomic_write`), and locks that
+say who holds them (`locked`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def temporary_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: `.<name>.<pid>.tmp` beside it
+    (the same folder, so the rename is atomic; one per process)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yields the temporary path to write `path`'s new content to; when the block ends without an
+    error it is renamed over `path`, otherwise it is removed and `path` keeps what it held."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`path` holds `data`, or (killed, disk full) what it held before."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files of `path` left by processes that no longer run (a kill -9)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        match = _TMP.match(tmp.name)
+        if not match or match.group("name") != path.name or _alive(int(match.group("pid"))):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists (PermissionError: it does)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+@contextmanager
+def locked(path: Path, doing: str) -> Iterator[None]:
+    """Hold the file lock `path` (a filelock.FileLock; its folder is created) for the block.
+
+    The holder writes who it is into the lock file ("pid 123 (python -m pipeline submit ...,
+    since 12:00:00)"); a process that has to wait first prints `waiting: <holder> is <doing>` on
+    stderr. The lock file stays when released (filelock keeps it, so waiters share one inode).
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, on_acquired=_write_holder)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        print(f"waiting: {_holder(path)} is {doing}", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _write_holder(fd: int) -> None:
+    text = f"pid {os.getpid()} ({' '.join(sys.argv[:6])}, since {time.strftime('%H:%M:%S')})"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip() or "another process"
+    except OSError:
+        return "another process"
