@@ -171,7 +171,7 @@ def validate(family: Family, generator, loader, accelerator, grid_images: int = 
     generator.eval()
     sse, count, grid_rows = [], [], []
     for batch in loader:
-        filled, mask, target = batch["masked_image"], batch["mask"], batch["target"]
+        filled, mask, target = batch["model_input"], batch["mask"], batch["target"]
         prediction = family.generate(generator, filled, mask)
         composited = torch.where(mask.bool(), prediction.float(), target)
         diff = (to_image(composited).astype(np.float64) - to_image(target).astype(np.float64))
