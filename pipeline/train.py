@@ -542,7 +542,7 @@ def log_scalars(run: Run, meter: Meter, losses: dict[str, torch.Tensor], lr: flo
         run.writer.add_scalar("time/images_per_s", images_per_s, run.step)
         run.writer.add_scalar("lr", lr, run.step)
         meter.bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in values.items()}
-                                 | ({"val": f"{run.last_rmse:.4f}"} if run.last_rmse is not None else {}))
+                              | ({"val": f"{run.last_rmse:.4f}"} if run.last_rmse is not None else {}))
 
 
 def train_epoch(run: Run, loader: DataLoader, val_loader: DataLoader, step: Callable, meter: Meter) -> None:
