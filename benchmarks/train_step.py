@@ -118,7 +118,7 @@ class ReferenceStep:
         self.bce, self.l1 = nn.BCEWithLogitsLoss(), nn.L1Loss()
 
     def __call__(self, batch):
-        x = torch.cat([batch["masked_image"], batch["mask"]], 1)
+        x = torch.cat([batch["model_input"], batch["mask"]], 1)
         real = batch["target"]
         fake = self.G(x)
         for p in self.D.parameters():
@@ -171,7 +171,7 @@ def our_step(precision: str | None = None, channels_last: bool | None = None):
     for model in prepared[:2]:
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     nets, optimizers = dict(zip(nets, prepared[:2])), dict(zip(optimizers, prepared[2:]))
-    return p2p.FAMILY.step(config, accelerator, nets, optimizers), precision
+    return p2p.FAMILY.make_step(config, accelerator, nets, optimizers), precision
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def random_batch(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     mask = torch.zeros(n, 1, SIZE, SIZE)
     mask[:, :, 40:115, 30:105] = 1
     mask[:, :, 140:215, 150:225] = 1
-    return {"masked_image": target * (1 - mask), "mask": mask, "target": target}
+    return {"model_input": target * (1 - mask), "mask": mask, "target": target}
 
 
 def time_steps(steps: dict, batch_size: int, repeats: int) -> dict[str, float]:

@@ -76,14 +76,14 @@ def _tiny_step(**loss):
                              TrainParams(lr=0.01), InferenceParams(), image_size=64)
     nets = glcic.FAMILY.build(config)
     optimizers = glcic.FAMILY.optimizers(config, nets)
-    return glcic.FAMILY.step(config, _accelerator("no"), nets, optimizers), nets
+    return glcic.FAMILY.make_step(config, _accelerator("no"), nets, optimizers), nets
 
 
 def _batch():
     target = torch.rand(2, 3, 64, 64) * 2 - 1
     mask = torch.zeros(2, 1, 64, 64)
     mask[..., 10:26, 20:36] = 1
-    return {"masked_image": target * (1 - mask), "mask": mask, "target": target,
+    return {"model_input": target * (1 - mask), "mask": mask, "target": target,
             "boxes": torch.tensor([[[20, 10, 16, 16]], [[20, 10, 16, 16]]])}
 
 

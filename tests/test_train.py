@@ -350,3 +350,25 @@ def test_the_benchmark_builds_the_sample_it_needs(tmp_path):
     assert bench.ensure_sample(cfg, train_per_photo=1, test_per_photo=1) is True
     assert load_competition(cfg).train
     assert bench.ensure_sample(cfg, train_per_photo=1, test_per_photo=1) is False  # there: left alone
+
+
+def test_stop_reason_says_why_training_stops_and_reads_the_clock_only_after_a_step():
+    from types import SimpleNamespace
+
+    from pipeline.inpainters.trainable import TrainParams
+    from pipeline.train import stop_reason
+
+    one_process = SimpleNamespace(num_processes=1)
+    run = SimpleNamespace(hp=TrainParams(max_steps=5), step=3, schedule_steps=10, out_of_time=False,
+                          accelerator=one_process, started=time.perf_counter())
+    assert stop_reason(run) is None
+    run.step = 5
+    assert stop_reason(run) == "max_steps"
+    run.hp, run.step = TrainParams(), 10
+    assert stop_reason(run) == "finished"
+
+    run.hp, run.step, run.started = TrainParams(max_minutes=1.0), 3, time.perf_counter() - 120
+    assert stop_reason(run) is None  # between epochs the clock is not read
+    assert stop_reason(run, check_clock=True) == "max_minutes"
+    run.step = 10
+    assert stop_reason(run) == "max_minutes"  # out of time wins over finished: the decision stands

@@ -254,7 +254,7 @@ class GLCICFamily(Family):
         net = config.network
         return ContextDiscriminator(net.d_width, config.image_size, net.local_size, net.norm)
 
-    def step(self, config, accelerator, nets, optimizers) -> GLCICStep:
+    def make_step(self, config, accelerator, nets, optimizers) -> GLCICStep:
         return GLCICStep(accelerator, config, nets["generator"], nets["discriminator"],
                          optimizers["opt_g"], optimizers["opt_d"])
 

@@ -275,7 +275,7 @@ class PConvFamily(Family):
     def build_generator(self, config: TrainableConfig) -> PConvUNet:
         return build_generator(config.network)
 
-    def step(self, config, accelerator, nets, optimizers) -> PConvStep:
+    def make_step(self, config, accelerator, nets, optimizers) -> PConvStep:
         return PConvStep(accelerator, config, nets["generator"], optimizers["opt_g"])
 
     def generate(self, generator, filled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

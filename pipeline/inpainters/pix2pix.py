@@ -177,7 +177,7 @@ def build_discriminator(net: NetworkParams) -> PatchDiscriminator:
 class Pix2PixStep:
     """One step of the configured objective on a batch, through `accelerator` (precision, DDP).
 
-    step(batch, epoch): the batch is the loader's dict on the device: masked_image (the hole
+    step(batch, epoch): the batch is the loader's dict on the device: model_input (the hole
     already filled), mask and target, float NCHW. Returns the step's losses (0-dim tensors) by
     TensorBoard tag.
     """
@@ -258,7 +258,7 @@ class Pix2PixFamily(Family):
     def build_discriminator(self, config: TrainableConfig) -> PatchDiscriminator | None:
         return build_discriminator(config.network) if config.loss.objective == "gan" else None
 
-    def step(self, config, accelerator, nets, optimizers) -> Pix2PixStep:
+    def make_step(self, config, accelerator, nets, optimizers) -> Pix2PixStep:
         return Pix2PixStep(accelerator, config, nets["generator"], optimizers["opt_g"],
                            nets.get("discriminator"), optimizers.get("opt_d"))
 
