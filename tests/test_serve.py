@@ -9,6 +9,7 @@ must not phone home). The browser test starts `python -m pipeline serve` as a su
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import shutil
@@ -146,7 +147,7 @@ def server(site, offline_module):
     import uvicorn
 
     from pipeline.serve import App, build_app
-    from pipeline.serve.app import OFFLINE_ENV
+    from pipeline.serve.server import OFFLINE_ENV
 
     with pytest.MonkeyPatch.context() as mp:
         for name, value in OFFLINE_ENV.items():  # as `serve` sets them
@@ -204,6 +205,53 @@ def _decode(response: httpx.Response) -> Image.Image:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     return Image.open(io.BytesIO(response.content))
+
+
+# --- the package's layout ----------------------------------------------------------------------
+
+def _serve_imports() -> dict[str, set[str]]:
+    """module -> the pipeline.serve modules it imports (anywhere in it, a function body too), read
+    from the source with ast; `from pipeline.serve import inpaint` counts as pipeline.serve.inpaint.
+    The parent package that Python runs first is not counted: pipeline/serve/__init__.py only
+    re-exports and no module of the package imports it."""
+    folder = REPO / "pipeline/serve"
+    modules = {f"pipeline.serve.{p.stem}" if p.stem != "__init__" else "pipeline.serve": p
+               for p in folder.glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                package = name if path.stem == "__init__" else name.rpartition(".")[0]
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                for alias in node.names:
+                    targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_module_of_the_web_app_imports_one_that_imports_it_back():
+    graph = _serve_imports()
+
+    def circle(start: str, path: list[str]) -> list[str] | None:
+        for target in sorted(graph[path[-1]]):
+            if target == start:
+                return path + [target]
+            if target not in path and (found := circle(start, path + [target])):
+                return found
+        return None
+
+    circles = [" -> ".join(found) for name in graph if (found := circle(name, [name]))]
+    assert not circles, f"import circles in pipeline/serve: {circles}"
+    others = [name for name, targets in graph.items() if "pipeline.serve" in targets]
+    assert not others, f"{others} import the package itself (whose __init__ imports them back)"
+    assert graph["pipeline.serve.server"] >= {"pipeline.serve.app", "pipeline.serve.page"}
+    assert graph["pipeline.serve"] == {"pipeline.serve.app", "pipeline.serve.server"}
+    assert graph["pipeline.serve.inpaint"] == set(), "inpaint.py is the bottom layer"
 
 
 # --- the HTTP route -----------------------------------------------------------------------------

@@ -16,13 +16,6 @@ from fastapi.responses import JSONResponse, Response
 from pipeline.config import CONFIG_DIR, DataConfig, VariantConfig, data_config
 from pipeline.serve import inpaint as core
 
-# Set by `serve` before anything imports gradio or asks the hub: no telemetry, no version check,
-# no hub lookups (the SD preflight then looks at local weights only). Without internet they hang.
-OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "GRADIO_RUN_HISTORY": "False", "GRADIO_MCP_SERVER": "False", "GRADIO_SSR_MODE": "False"}
-HOST = "127.0.0.1"  # local only unless asked (--host 0.0.0.0)
-PORT = 7860
-
 
 class App:
     """What the page and the routes share: the variants found at start (or refresh), the models
@@ -115,37 +108,3 @@ def _read(upload: UploadFile, what: str) -> bytes:
     if len(data) > core.MAX_UPLOAD_BYTES:
         raise core.RequestError(f"{what}: over {core.MAX_UPLOAD_BYTES // 2**20} MiB", status=413)
     return data
-
-
-def build_app(app: App | None = None) -> FastAPI:
-    """The FastAPI app: the HTTP routes, and the page at /."""
-    import gradio as gr
-
-    from pipeline.serve.page import build_page
-
-    app = app or App()
-    api = FastAPI(title="Photo Reconstruction inpainting")
-    add_routes(api, app)
-    api.state.app = app
-    page = build_page(app)
-    return gr.mount_gradio_app(api, page, path="/", footer_links=["api"], run_history=False, ssr_mode=False,
-                               mcp_server=False, enable_monitoring=False, pwa=False,
-                               max_file_size=core.MAX_UPLOAD_BYTES, allowed_paths=[str(app.outputs)],
-                               theme=gr.themes.Default())
-
-
-def serve(data_root: str | Path | None = None, host: str = HOST, port: int = PORT,
-          max_pixels: int = core.MAX_PIXELS) -> None:
-    """Start the server and block until it is stopped (Ctrl-C)."""
-    import os
-
-    import uvicorn
-
-    for name, value in OFFLINE_ENV.items():
-        os.environ.setdefault(name, value)
-    app = App(data_root=data_root, max_pixels=max_pixels)
-    runnable = app.available()
-    print(f"variants: {', '.join(runnable) or 'none'}"
-          + "".join(f"\n  {v.name}: unavailable: {v.why}" for v in app.variants if not v.available))
-    print(f"serving on http://{host}:{port}/  (HTTP: POST /api/inpaint, GET /api/variants; Ctrl-C stops)")
-    uvicorn.run(build_app(app), host=host, port=port, log_level="warning")
