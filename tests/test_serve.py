@@ -540,15 +540,12 @@ def served_subprocess(workspace, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while True:
+        while "serving on" not in (tmp_path / "serve.log").read_text():
             assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/api/variants", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "make serve did not answer within 60 s"
-            time.sleep(0.2)
+            assert time.monotonic() < deadline, "make serve did not say it serves within 60 s"
+            time.sleep(0.1)
+        # no retry: it says "serving on" once it answers, not before
+        assert httpx.get(f"{url}/api/variants", timeout=10).status_code == 200
         yield url
     finally:
         process.terminate()
@@ -560,10 +557,46 @@ def served_subprocess(workspace, tmp_path):
         log.close()
 
 
+def test_serve_says_where_it_serves_once_it_answers(served_subprocess, tmp_path):
+    log = (tmp_path / "serve.log").read_text()
+    assert f"serving on {served_subprocess}/" in log and "Traceback" not in log
+
+
+def test_serve_refuses_a_bad_address_or_limit_in_one_line_before_serving(workspace, capsys, monkeypatch):
+    """A port out of range or in use, a host that does not resolve or is not this machine's, a
+    limit below 1 pixel: one line saying what is wrong, a non-zero exit, and no "serving on"."""
+    import uvicorn
+
+    from pipeline.cli import main
+
+    def served(*args, **kwargs):
+        raise AssertionError("it went on to serve")
+
+    monkeypatch.setattr(uvicorn.Server, "run", served)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy, free = taken.getsockname()[1], _free_port()
+        cases = {
+            "port out of range": (["--port", "99999"], "port 99999: not a TCP port; choose one in 1..65535"),
+            "port in use": (["--port", str(busy)], f"http://127.0.0.1:{busy}/: port {busy} is in use"),
+            "unknown host": (["--host", "no-such-host.invalid", "--port", str(free)],
+                             "host 'no-such-host.invalid': not an address, and not a name that resolves"),
+            "not this machine": (["--host", "192.0.2.1", "--port", str(free)],
+                                 "192.0.2.1 is not an address of this machine"),
+            "limit below 1 pixel": (["--max-pixels", "-5", "--port", str(free)],
+                                    "--max-pixels -5: the largest photo accepted must be at least 1 pixel"),
+        }
+        for case, (args, words) in cases.items():
+            status = main(["serve", "--data", "data/sample", *args])
+            out, err = capsys.readouterr()
+            said = err.strip().splitlines()
+            assert status != 0 and "serving on" not in out, (case, out, err)
+            assert len(said) == 1 and words in said[0], (case, err)
+
+
+@pytest.mark.skipif(bool(_browser_missing()), reason=f"browser test needs {_browser_missing()}")
 def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
-    missing = _browser_missing()
-    if missing:
-        pytest.skip(f"browser test needs {missing}")
     from playwright.sync_api import sync_playwright
 
     photo = _photo(256, 256, seed=3)

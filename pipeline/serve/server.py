@@ -4,6 +4,7 @@ and bound before anything is loaded, and "serving on" printed once it really ser
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -50,14 +51,18 @@ def listen_socket(host: str, port: int) -> socket.socket:
     address of this machine, or the port is taken."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise PipelineError(f"port {port!r}: not a TCP port; choose one in 1..65535")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except (socket.gaierror, UnicodeError) as exc:
-        raise PipelineError(f"host {host!r}: not an address, and not a name that resolves here "
-                            f"({getattr(exc, 'strerror', None) or exc}); 127.0.0.1 serves this machine only, "
-                            "0.0.0.0 every interface") from None
-    sock = socket.socket(family, kind, proto)
+    try:  # an address is taken as it is, as uvicorn does; only a name is looked up
+        version = ipaddress.ip_address(host).version
+        family, address = (socket.AF_INET6, (host, port, 0, 0)) if version == 6 else (socket.AF_INET, (host, port))
+    except ValueError:
+        try:
+            family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        except (OSError, UnicodeError) as exc:
+            raise PipelineError(f"host {host!r}: not an address, and not a name that resolves here "
+                                f"({getattr(exc, 'strerror', None) or exc}); 127.0.0.1 serves this machine "
+                                "only, 0.0.0.0 every interface") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses the port at once
     try:
         sock.bind(address)
