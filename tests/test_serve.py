@@ -322,6 +322,85 @@ def test_route_refuses_bad_input_with_a_message_and_keeps_serving(server):
     assert _post(url, _png(photo), mask).status_code == 200  # still serving
 
 
+def test_a_mask_over_the_whole_image_is_refused(server):
+    """Nothing is left to fill from: a 400 with a message, not a black or grey picture."""
+    from pipeline.serve import page
+
+    app, url = server
+    photo = _photo(300, 200)
+    response = _post(url, _png(photo), _png(np.full((200, 300), 255, np.uint8)))
+    assert response.status_code == 400, response.text
+    assert "the mask covers the whole image: no pixel is left to fill from" in response.json()["error"]
+    import gradio as gr
+
+    layer = Image.fromarray(np.full((200, 300, 4), (255, 0, 255, 150), np.uint8), "RGBA")
+    value = {"background": Image.fromarray(photo).convert("RGBA"), "layers": [layer], "composite": None}
+    with pytest.raises(gr.Error, match="the mask covers the whole image"):
+        page.run(app, value, None, ["telea"])
+
+
+def test_route_answers_every_bad_form_field_with_an_error_and_echoes_no_more_than_a_prefix(server):
+    _, url = server
+    photo, mask = _png(_photo()), _png(_mask(300, 200).astype(np.uint8) * 255)
+    inpaint = f"{url}/api/inpaint"
+    cases = {
+        "nothing sent": (httpx.post(inpaint, timeout=60), 400,
+                         ["the request is not a multipart form", "image: missing; send the photo as a file",
+                          "mask: missing; send the mask as a file"]),
+        "no mask": (httpx.post(inpaint, files={"image": ("photo.png", photo)}, timeout=60), 400,
+                    ["mask: missing; send the mask as a file"]),
+        "image as text": (httpx.post(inpaint, files={"mask": ("mask.png", mask)}, data={"image": "photo.png"},
+                                     timeout=60), 400, ["image: expected the photo as a file, got text"]),
+        "variant as a file": (httpx.post(inpaint, files={"image": ("photo.png", photo), "mask": ("mask.png", mask),
+                                                         "variant": ("variant.txt", b"telea")}, timeout=60), 400,
+                              ["variant: expected a variant's name as text", "got a file"]),
+        "a 2,000,000-character variant": (_post(url, photo, mask, "v" * 2_000_000), 400,
+                                          ["the form could not be read"]),
+        "a 500,000-character variant": (_post(url, photo, mask, "v" * 500_000), 404,
+                                        ["no variant 'vvvv", "(500,000 characters); runnable: "]),
+    }
+    for case, (response, status, words) in cases.items():
+        assert response.status_code == status, (case, response.text[:500])
+        assert list(response.json()) == ["error"], (case, response.text[:500])
+        assert all(w in response.json()["error"] for w in words), (case, response.json())
+        assert len(response.text) < 800, (case, f"{len(response.text)} characters answered")
+        assert "tempfile" not in response.text.lower() and "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv" not in response.text
+    assert httpx.get(f"{url}/api/nope", timeout=10).json() == {
+        "error": "'/api/nope': no such route; the routes are POST /api/inpaint, GET /api/variants"}
+    assert httpx.get(inpaint, timeout=10).json() == {"error": "GET /api/inpaint: use POST"}
+    assert _post(url, photo, mask).status_code == 200  # still serving
+
+
+def test_variants_list_follows_a_checkpoint_damaged_removed_or_restored_while_serving(server, site):
+    app, url = server
+
+    def listed() -> dict:
+        return {v["name"]: v for v in httpx.get(f"{url}/api/variants", timeout=30).json()}
+
+    checkpoint = _tiny_checkpoint(site, "fragile")
+    config = site / "configs/fragile.yaml"
+    try:
+        app.refresh()
+        assert listed()["fragile"]["available"]
+        good = checkpoint.read_bytes()
+        checkpoint.write_bytes(b"damaged while serving")
+        now = listed()["fragile"]
+        assert not now["available"] and "not a checkpoint of this pipeline" in now["why"], now
+        photo, mask = _png(_photo()), _png(_mask(300, 200).astype(np.uint8) * 255)
+        response = _post(url, photo, mask, "fragile")
+        assert response.status_code == 422 and "cannot run here" in response.json()["error"], response.text
+        checkpoint.write_bytes(good)
+        assert listed()["fragile"]["available"], "a checkpoint put back is available again"
+        assert _post(url, photo, mask, "fragile").status_code == 200
+        checkpoint.unlink()
+        now = listed()["fragile"]
+        assert not now["available"] and "no checkpoint there" in now["why"], now
+    finally:
+        config.unlink()
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    assert "fragile" not in listed(), "a config removed is no longer listed"
+
+
 def test_variants_are_discovered_with_why_not(server):
     _, url = server
     listed = {v["name"]: v for v in httpx.get(f"{url}/api/variants", timeout=10).json()}
