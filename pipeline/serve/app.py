@@ -118,7 +118,7 @@ def add_routes(api: FastAPI, app: App) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException):
         if not request.url.path.startswith("/api/"):
             return await http_exception_handler(request, exc)
-        detail = core.shown(str(exc.detail), 200).strip("'\"")
+        detail = str(exc.detail)[:200]  # starlette's own words, not the request's
         if exc.status_code == 400:  # starlette could not parse the body: a part too large, too many fields
             detail = f"the form could not be read ({detail}); send image and mask as files, variant as a short text"
         return JSONResponse({"error": f"{request.method} {request.url.path}: {detail}"},

@@ -59,7 +59,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
             family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
         except (OSError, UnicodeError) as exc:
-            raise PipelineError(f"host {host!r}: not an address, and not a name that resolves here "
+            raise PipelineError(f"host {core.shown(host)}: not an address, and not a name that resolves here "
                                 f"({getattr(exc, 'strerror', None) or exc}); 127.0.0.1 serves this machine "
                                 "only, 0.0.0.0 every interface") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
