@@ -254,6 +254,8 @@ def cmd_kaggle_scores(args) -> None:
 def cmd_serve(args) -> None:
     from pipeline.serve import serve
 
+    if args.max_pixels < 1:
+        raise PipelineError(f"--max-pixels {args.max_pixels}: the largest photo accepted must be at least 1 pixel")
     serve(data_root=args.data, host=args.host, port=args.port, max_pixels=args.max_pixels)
 
 
