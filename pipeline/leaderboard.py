@@ -43,6 +43,7 @@ COLUMNS = [
 NUMBERS = ["val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse", "seconds_per_image", "rows",
            "kaggle_public_score"]
 TEXT = [c for c in COLUMNS if c not in NUMBERS]
+JSON = ["val_rmse_by_class", "config"]
 SHOWN = ["variant", "method", "channels", "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse",
          "kaggle_public_score", "seconds_per_image", "submitted_at"]
 
@@ -65,29 +66,42 @@ class Leaderboard:
             return 0
         recover = (f"the rows before that line are intact: move the file aside (mv {self.path} {self.path}.damaged), "
                    f"or mend or delete the line; nothing was written")
+        line = 1
         try:
             with open(self.path, newline="", encoding="utf-8") as f:
-                reader = csv.reader(f)
+                # strict: a quoted field still open at the end of the file (cut off) is an error
+                reader = csv.reader(f, strict=True)
                 header = next(reader, None)
                 if not header or "variant" not in header or "val_rmse" not in header:
                     raise LeaderboardError(f"{self.path}: line 1: header {header} is not the leaderboard's; {recover}")
                 rows = 0
-                for row in reader:
+                while True:
+                    line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
+                    row = next(reader, None)
+                    if row is None:
+                        break
                     if len(row) != len(header):
-                        raise LeaderboardError(f"{self.path}: line {reader.line_num}: {len(row)} fields, expected "
+                        raise LeaderboardError(f"{self.path}: line {line}: {len(row)} fields, expected "
                                                f"{len(header)} (truncated or hand-edited); {recover}")
                     for name, value in zip(header, row):
                         if name in NUMBERS and value.strip():
                             try:
                                 float(value)
                             except ValueError:
-                                raise LeaderboardError(f"{self.path}: line {reader.line_num}: {name} {value!r} is not "
+                                raise LeaderboardError(f"{self.path}: line {line}: {name} {value!r} is not "
                                                        f"a number; {recover}") from None
+                        if name in JSON and value.strip():
+                            try:
+                                json.loads(value)
+                            except ValueError:
+                                raise LeaderboardError(f"{self.path}: line {line}: {name} is not valid JSON "
+                                                       f"({_clip(value)}; truncated or hand-edited); {recover}") from None
                     rows += 1
         except UnicodeDecodeError as exc:
             raise LeaderboardError(f"{self.path}: not UTF-8 text ({exc}); {recover}") from None
         except csv.Error as exc:
-            raise LeaderboardError(f"{self.path}: malformed CSV ({exc}); {recover}") from None
+            raise LeaderboardError(f"{self.path}: line {line}: malformed CSV ({exc}; a quoted field cut off "
+                                   f"or hand-edited); {recover}") from None
         return rows
 
     def read(self) -> pd.DataFrame:
@@ -95,7 +109,12 @@ class Leaderboard:
         if not self.path.exists():
             return pd.DataFrame(columns=COLUMNS)
         self.check()
-        table = pd.read_csv(self.path, dtype={c: str for c in TEXT}, keep_default_na=False, na_values={c: [""] for c in NUMBERS})
+        try:
+            table = pd.read_csv(self.path, dtype={c: str for c in TEXT}, keep_default_na=False,
+                                na_values={c: [""] for c in NUMBERS})
+        except pd.errors.ParserError as exc:  # what check() did not foresee, still without a traceback
+            raise LeaderboardError(f"{self.path}: malformed CSV ({exc}); move it aside (mv {self.path} "
+                                   f"{self.path}.damaged) or mend it; nothing was written") from None
         for column in COLUMNS:
             if column not in table:
                 table[column] = None
@@ -183,6 +202,10 @@ class Leaderboard:
             parts.append(f"\nscored on another validation split ({other or 'none'}; {data}): not ranked with the above\n"
                          + _table(group))
         return "\n".join(parts)
+
+
+def _clip(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")
 
 
 def _table(table: pd.DataFrame) -> str:

@@ -74,3 +74,33 @@ def test_a_file_without_line_breaks_is_refused_in_bounded_memory(submitted, caps
         f.write(b"7" * (6 << 20))
     code, _, err = _run(capsys, "validate", "--csv", str(path))
     assert code == 2 and "long.csv: line" in err and "is longer than 1000 bytes" in err, err
+
+
+@pytest.mark.parametrize("where, message", [
+    ("config", "line 3: malformed CSV (unexpected end of data; a quoted field cut off or hand-edited)"),
+    ("description", "line 3: malformed CSV (unexpected end of data; a quoted field cut off or hand-edited)"),
+    ("closed", "line 3: config is not valid JSON ('{'; truncated or hand-edited)"),
+])
+def test_a_leaderboard_cut_inside_a_row_stops_submit_and_compare(workspace, capsys, where, message):
+    """`head -c` of the leaderboard: a row cut inside its config was kept (config = `{`) and
+    compare failed on its JSON; cut inside a quoted field, submit ended in a pandas ParserError."""
+    for name in ("mean", "telea"):
+        assert _run(capsys, "submit", "--variant", name)[0] == 0
+    board = Path("submissions/leaderboard.csv")
+    text = board.read_text()
+    last = text.rindex("\n", 0, len(text) - 1) + 1  # the start of the last row
+    if where == "description":  # a description with a comma is quoted: cut inside it
+        text = text[:last] + text[last:].replace(",OpenCV Telea", ',"OpenCV, Telea', 1)
+        damaged = text[: text.index('"OpenCV,', last) + 5]
+    else:
+        damaged = text[: text.index('"{""batch_size', last) + 2]
+        if where == "closed":  # the quote closed by hand: the field count is right, the JSON is not
+            damaged += '"\n'
+    board.write_text(damaged)
+    before_csv = Path("submissions/telea.csv").read_bytes()
+    for argv in (["submit", "--variant", "telea", "--param", "radius=5"], ["compare"], ["leaderboard"]):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and f"submissions/leaderboard.csv: {message}" in err, err
+        assert "the rows before that line are intact" in err and "Traceback" not in err
+    assert board.read_text() == damaged
+    assert Path("submissions/telea.csv").read_bytes() == before_csv
