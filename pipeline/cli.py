@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
+from pipeline.config import DISK_FULL, ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
 from pipeline.data.competition import load_competition
 from pipeline.leaderboard import Leaderboard
 
@@ -378,5 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except PipelineError as exc:  # errors a person acts on carry their own message
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        # a write that does not name its file itself: say what we know
+        print(f"error: the disk is full ({exc.strerror}){f' writing {exc.filename}' if exc.filename else ''}; "
+              "free some space and run again", file=sys.stderr)
         return 2
     return 0

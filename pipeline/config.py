@@ -8,8 +8,11 @@ shows. Unknown keys are errors, so a typo never silently falls back to a default
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,34 @@ VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # it names files: submissions/<n
 
 class PipelineError(Exception):
     """An error a person can act on: the CLI prints its message (no traceback) and exits 2."""
+
+
+class DiskFullError(PipelineError, OSError):
+    """No space left on the disk (or the quota used up) while writing; names the file."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException, path, kept: str) -> DiskFullError | None:
+    """The DiskFullError for `exc` raised while writing `path` (None if it is another error);
+    `kept` says what is left as it was."""
+    if isinstance(exc, DiskFullError) or not (isinstance(exc, OSError) and exc.errno in DISK_FULL):
+        return None
+    return DiskFullError(f"{path}: the disk is full ({os.strerror(exc.errno)}) while writing it; {kept}; free some "
+                         f"space on it (df -h {Path(path).parent}) and run again")
+
+
+@contextmanager
+def naming_a_full_disk(path, kept: str):
+    """Turn a full disk while writing `path` into a DiskFullError that names it."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_full(exc, path, kept)
+        if error is None:
+            raise
+        raise error from None
 
 
 class ConfigError(PipelineError, ValueError):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import PipelineError
+from pipeline.config import PipelineError, disk_full
 
 LEADERBOARD_PATH = Path("submissions/leaderboard.csv")
 COLUMNS = [
@@ -127,8 +127,12 @@ class Leaderboard:
             raise LeaderboardError(f"{self.path}: refusing to write {len(table)} rows over {before}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, self.path)
+        try:
+            table.to_csv(tmp, index=False)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise disk_full(exc, self.path, "the leaderboard is unchanged") or exc from None
 
     @contextmanager
     def _locked(self):

@@ -37,7 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import VariantConfig
+from pipeline.config import VariantConfig, naming_a_full_disk
 from pipeline.data.boxes import apply_mask, box_pixels, boxes_mask
 from pipeline.data.competition import (
     Competition,
@@ -189,11 +189,12 @@ def predict_split(
         staging.mkdir(parents=True)
     state.wait_for_everyone()
     size = competition.config.image_size
-    with state.split_between_processes(list(records)) as mine:
-        bar = tqdm(total=len(mine), desc=f"{variant.name} {split}", unit="img",
-                   disable=not (progress and state.is_main_process))
-        seconds = _predict_records(mine, inpainter, staging, size, variant.batch_size, bar)
-        bar.close()
+    kept = f"the previous predictions in {final} are unchanged" if final.exists() else "nothing else was written"
+    with state.split_between_processes(list(records)) as mine, naming_a_full_disk(staging, kept):
+        # the bar closes before an error is printed, so the message is not glued to it
+        with tqdm(total=len(mine), desc=f"{variant.name} {split}", unit="img",
+                  disable=not (progress and state.is_main_process)) as bar:
+            seconds = _predict_records(mine, inpainter, staging, size, variant.batch_size, bar)
         (staging / f"shard-{state.process_index}.json").write_text(
             json.dumps({"images": len(mine), "seconds": seconds}))
     state.wait_for_everyone()

@@ -1,5 +1,6 @@
 """Bad inputs a person may hand the pipeline: each gets one line naming the thing and what to do."""
 
+import errno
 import gzip
 import os
 import subprocess
@@ -104,3 +105,66 @@ def test_a_leaderboard_cut_inside_a_row_stops_submit_and_compare(workspace, caps
         assert "the rows before that line are intact" in err and "Traceback" not in err
     assert board.read_text() == damaged
     assert Path("submissions/telea.csv").read_bytes() == before_csv
+
+
+class _FillingFile:
+    """A file whose writes fail with ENOSPC once `room` bytes are written (a disk filling up)."""
+
+    def __init__(self, real, room: int):
+        self.real, self.room = real, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.real.write(bytes(data[: self.room]))
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.real.close()
+
+
+def test_a_full_disk_during_submit_names_the_file_and_keeps_the_previous_one(workspace, capsys, monkeypatch):
+    """A full disk gave an OSError traceback (nothing was lost): say it, name the file, keep the old one."""
+    import builtins
+
+    import pandas as pd
+
+    import pipeline.submission.write as write
+
+    assert _run(capsys, "submit", "--variant", "telea")[0] == 0
+    csv, board = Path("submissions/telea.csv"), Path("submissions/leaderboard.csv")
+    before_csv, before_board = csv.read_bytes(), board.read_bytes()
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        real = builtins.open(file, mode, *args, **kwargs)
+        return _FillingFile(real, 1 << 20) if str(file).endswith(".tmp") and "w" in mode else real
+
+    monkeypatch.setattr(write, "open", filling_open, raising=False)  # the CSV writer: 1 MB, then no space
+    code, _, err = _run(capsys, "submit", "--variant", "telea", "--param", "radius=5")
+    assert code == 2 and "Traceback" not in err, err
+    assert ("error: submissions/telea.csv: the disk is full (No space left on device) while writing it; "
+            "submissions/telea.csv is unchanged and its temporary file removed") in err
+    assert csv.read_bytes() == before_csv and board.read_bytes() == before_board
+    assert not list(Path("submissions").glob(".*.tmp"))
+    monkeypatch.delattr(write, "open")
+
+    real_to_csv = pd.DataFrame.to_csv
+
+    def to_csv_on_a_full_disk(self, path, *args, **kwargs):  # the leaderboard: half a row, then no space
+        real_to_csv(self, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:-100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv_on_a_full_disk)
+    code, _, err = _run(capsys, "submit", "--variant", "mean")
+    assert code == 2 and ("error: submissions/leaderboard.csv: the disk is full (No space left on device) while "
+                          "writing it; the leaderboard is unchanged") in err, err
+    assert board.read_bytes() == before_board and not list(Path("submissions").glob(".*.tmp"))

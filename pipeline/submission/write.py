@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from pipeline.config import disk_full
 from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import Competition
 from pipeline.submission.csvio import SubmissionError, batches, open_csv
@@ -105,10 +106,17 @@ def write_submission(
         return Validation(path, rows, digest.hexdigest())
     except SubmissionError as exc:
         if failures:
-            raise failures[0] from None
+            raise _named(failures[0], path) from None
         raise SubmissionError(str(exc).replace(str(tmp), f"{path} (not written)")) from None
+    except OSError as exc:
+        raise _named(exc, path) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _named(exc: BaseException, path: Path) -> BaseException:
+    kept = f"{path} is unchanged" if path.exists() else f"{path} was not written"
+    return disk_full(exc, path, f"{kept} and its temporary file removed") or exc
 
 
 def _value_text(spec: SubmissionSpec) -> pa.Array:
