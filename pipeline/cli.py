@@ -91,7 +91,9 @@ def _describe(competition) -> None:
 
 def cmd_data(args) -> None:
     from pipeline.data.download import download_competition
+    from pipeline.kaggle import check_slug
 
+    check_slug(args.competition)
     dest = Path("data/raw") / args.competition
     download_competition(args.competition, dest, force=args.force)
     _describe(load_competition(data_config({"root": dest, "truth": None})))
@@ -195,10 +197,16 @@ def cmd_sd(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from pipeline.submission import validate_submission
+    from pipeline.submission import SubmissionError, validate_submission
 
     competition = load_competition(_data_config(args), check_images=False)
-    result = validate_submission(Path(args.csv), competition)
+    try:
+        result = validate_submission(Path(args.csv), competition)
+    except SubmissionError as exc:
+        other = _written_for_other_data(Path(args.csv), competition)
+        if other:  # its ids name other boxes: say whose they are
+            raise SubmissionError(f"{other}: pass DATA=<that folder>, or write it for this data ({exc})") from None
+        raise
     print(f"{result.path}: OK, {result.rows} values, sha256 {result.sha256}")
 
 
@@ -256,19 +264,63 @@ def cmd_compare(args) -> None:
     print(f"{report.html} and {report.png}: {len(report.variants)} variant(s): {', '.join(report.variants)}")
 
 
+def _competition_home(folder) -> Path:
+    """The folder that holds the competition's files, resolved: data/x and data/x/Dataset are
+    one competition (DATA= may name either)."""
+    from pipeline.data.competition import CompetitionError, find_dataset
+
+    path = Path(str(folder))
+    try:
+        found = find_dataset(path) if path.is_dir() else None
+    except CompetitionError:
+        found = None
+    return (found or path).resolve()
+
+
 def _latest_row(variant_name: str, data_root: Path):
-    """The variant's newest leaderboard row made on `data_root`."""
+    """The variant's newest leaderboard row made on `data_root` (however DATA= spelled it)."""
     table = Leaderboard().read()
     rows = table[table["variant"] == variant_name]
     if rows.empty:
         raise ConfigError(f"variant {variant_name!r} has no submission yet: run `make submit VARIANT={variant_name}`")
-    same = rows[rows["data"].map(lambda d: Path(str(d)).resolve() == Path(data_root).resolve())]
+    homes = rows["data"].map(_competition_home)
+    same = rows[homes == _competition_home(data_root)]
     if same.empty:
-        folders = ", ".join(sorted({str(d) for d in rows["data"]}))
-        raise ConfigError(f"{variant_name} was submitted on {folders}, not on {data_root}: pass DATA=<that folder> "
-                          f"(make kaggle-submit VARIANT={variant_name} DATA=...), or run "
+        # the folders it was submitted on, newest first, each once
+        folders = list(dict.fromkeys(str(d) for d in reversed(rows["data"].tolist())))
+        shown = ", ".join(folders[:3]) + (f" (and {len(folders) - 3} older)" if len(folders) > 3 else "")
+        raise ConfigError(f"{variant_name} was submitted on {shown}, not on {data_root}: pass DATA=<one of "
+                          f"those> (make kaggle-submit VARIANT={variant_name} DATA=...), or run "
                           f"`make submit VARIANT={variant_name} DATA={data_root}` first")
     return same.iloc[-1]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _written_for_other_data(csv: Path, competition) -> str | None:
+    """Where the leaderboard says `csv` (as it is now) was written, when that is other data than
+    `competition`'s; None when it was written for it, or is not recorded."""
+    if not csv.is_file():
+        return None
+    try:
+        table = Leaderboard().read()
+    except PipelineError:
+        return None
+    rows = table[table["sha256"] == _sha256(csv)]
+    home = _competition_home(competition.root)
+    if rows.empty or (rows["data"].map(_competition_home) == home).any():
+        return None
+    row = rows.iloc[-1]
+    return (f"{csv} was written for {row['data']} (variant {row['variant']}, {row['submitted_at']}), not for "
+            f"{competition.root}")
 
 
 def cmd_kaggle_submit(args) -> None:
@@ -276,10 +328,15 @@ def cmd_kaggle_submit(args) -> None:
     from pipeline.submission import validate_submission
     from pipeline.submit import kaggle_message
 
+    kaggle.check_slug(args.competition)
     variant = _variant(args)
     competition = load_competition(variant.data, check_images=False)
     row = _latest_row(variant.name, competition.root)
     csv = Path(row["submission"])
+    other = _written_for_other_data(csv, competition)
+    if other:  # a submit on other data rewrote the variant's CSV since this row was recorded
+        raise ConfigError(f"{other}: run `make submit VARIANT={variant.name}"
+                          + (f" DATA={args.data}`" if args.data else "`") + " again to write it for this data")
     # a bad file never costs one of the day's submissions: the competition's format, scale and ids
     result = validate_submission(csv, competition)
     if result.sha256 != row["sha256"]:
@@ -293,6 +350,7 @@ def cmd_kaggle_submit(args) -> None:
 def cmd_kaggle_scores(args) -> None:
     from pipeline import kaggle
 
+    kaggle.check_slug(args.competition)
     leaderboard = Leaderboard()
     known = set(leaderboard.read()["sha256"].dropna())
     updated = 0

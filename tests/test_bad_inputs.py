@@ -168,3 +168,98 @@ def test_a_full_disk_during_submit_names_the_file_and_keeps_the_previous_one(wor
     assert code == 2 and ("error: submissions/leaderboard.csv: the disk is full (No space left on device) while "
                           "writing it; the leaderboard is unchanged") in err, err
     assert board.read_bytes() == before_board and not list(Path("submissions").glob(".*.tmp"))
+
+
+# -- messages: each names the thing and what to do
+
+TEST_DIR = Path("data/sample/Dataset/Testing_Data")
+
+
+def _edit_test_boxes(edit) -> None:
+    import pandas as pd
+
+    info = pd.read_csv(TEST_DIR / "masked_info.csv", index_col=0, dtype=str)
+    edit(info)
+    info.to_csv(TEST_DIR / "masked_info.csv")
+
+
+def _fails(capsys, *argv) -> str:
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_huge_box_coordinate_is_refused_naming_the_line(workspace, capsys):
+    """1e30 once wrapped to y=-9223372036854775808 in the message."""
+    _edit_test_boxes(lambda info: info.__setitem__("box1_row", ["1e30"] + list(info["box1_row"][1:])))
+    assert _fails(capsys, "validate", "--csv", "x.csv") == (
+        f"error: {TEST_DIR}/masked_info.csv: line 2: box1_row='1e30' is out of range (pixel coordinates are below "
+        "1048576); mend that line")
+
+
+def test_a_name_two_test_images_share_names_both(workspace, capsys):
+    """The sample holds `Person-Train (1).jpg` and `.jpeg`: a CSV naming the stem names neither."""
+    _edit_test_boxes(lambda info: info.__setitem__("filename", ["Person-Train (1)"] + list(info["filename"][1:])))
+    assert _fails(capsys, "validate", "--csv", "x.csv") == (
+        f"error: {TEST_DIR}/masked_info.csv: line 2: image 'Person-Train (1)' names 2 test images: "
+        f"{TEST_DIR}/Person-Train (1).jpeg, {TEST_DIR}/Person-Train (1).jpg; name one of them in full (with its "
+        "extension) in the CSV, or rename the other")
+
+
+@pytest.mark.parametrize("csv_name", ["Microscopy (2).webp", "Microscopy (2).png"])
+def test_a_test_image_of_an_extension_not_read_says_which_are(workspace, capsys, csv_name):
+    (TEST_DIR / "Microscopy (2).png").rename(TEST_DIR / "Microscopy (2).webp")
+    _edit_test_boxes(lambda info: info.__setitem__("filename", info["filename"].replace("Microscopy (2).png", csv_name)))
+    line = _fails(capsys, "validate", "--csv", "x.csv")
+    assert f"image {csv_name!r} is {TEST_DIR}/Microscopy (2).webp, and .webp is not read: only .jpg, .jpeg, .png " \
+           "images are; convert it (and its name in the CSV) or remove both" in line, line
+
+
+def test_data_a_file_and_csv_a_folder_say_what_they_are(workspace, capsys):
+    Path("notes.txt").write_text("hello")
+    assert _fails(capsys, "validate", "--csv", "x.csv", "--data", "notes.txt") == (
+        "error: notes.txt: is a file, not a folder; the competition is the folder that holds Dataset/ (or train/ and "
+        "test/ and the bbox CSV): unpack it if it is an archive")
+    Path("submissions").mkdir()
+    for argv in (["validate", "--csv", "submissions"], ["score", "--csv", "submissions"]):
+        assert _fails(capsys, *argv) == ("error: submissions: is a folder, not a submission file; name the CSV "
+                                         "file itself")
+
+
+def test_a_competition_slug_is_checked_before_any_folder_or_request(workspace, home, capsys):
+    Path("x").mkdir()
+    (Path("x") / "keep.txt").write_text("not a competition")
+    for argv in (["data", "--competition", "../../x"], ["kaggle-scores", "--competition", "a/b"],
+                 ["kaggle-submit", "--variant", "mean", "--competition", "photo reconstruction"]):
+        line = _fails(capsys, *argv)
+        assert f"error: {argv[-1]!r} is not a competition slug: it is letters, digits and dashes" in line, line
+    assert sorted(p.name for p in Path("x").iterdir()) == ["keep.txt"] and not Path("data/raw").exists()
+
+
+def test_an_error_during_a_progress_bar_starts_its_own_line(submitted, capsys):
+    lines = submitted.read_text().splitlines(keepends=True)
+    lines[2000] = lines[2000].rsplit(",", 1)[0] + ",7\n"  # out of 0..1
+    submitted.write_text("".join(lines))
+    code, _, err = _run(capsys, "validate", "--csv", str(submitted))
+    assert code == 2 and "\nerror: submissions/mean.csv: line 2001: Value is 7: values must lie in 0..1" in err, err
+
+
+def test_kaggle_submit_knows_one_folder_however_spelled_and_a_csv_of_other_data(workspace, standin, capsys):
+    from pipeline.config import data_config
+    from pipeline.data.sample import build_sample
+
+    assert _run(capsys, "submit", "--variant", "telea")[0] == 0  # on data/sample, its default
+    code, _, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", "photo-reconstruction",
+                        "--data", "data/sample/Dataset")
+    assert code == 0, err
+    build_sample(data_config({"root": "data/other", "truth": "data/other-truth"}), train_per_photo=6,
+                 test_per_photo=3, seed=5)
+    assert _run(capsys, "submit", "--variant", "telea", "--data", "data/other")[0] == 0  # rewrites telea.csv
+    line = _fails(capsys, "kaggle-submit", "--variant", "telea", "--competition", "photo-reconstruction")
+    assert line.startswith("error: submissions/telea.csv was written for data/other (variant telea, ") and \
+        line.endswith("not for data/sample: run `make submit VARIANT=telea` again to write it for this data"), line
+    line = _fails(capsys, "validate", "--csv", "submissions/telea.csv")
+    assert line.startswith("error: submissions/telea.csv was written for data/other (variant telea, ") and \
+        "not for data/sample: pass DATA=<that folder>, or write it for this data (" in line, line
+    line = _fails(capsys, "kaggle-submit", "--variant", "mean", "--competition", "photo-reconstruction")
+    assert line.startswith("error: variant 'mean' has no submission yet")
