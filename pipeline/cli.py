@@ -430,16 +430,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close the bars an error left open (a training loop, say), so that its message starts on a
+    line of its own instead of being glued to a bar."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except PipelineError as exc:  # errors a person acts on carry their own message
+        _close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in DISK_FULL:
             raise
+        _close_progress_bars()
         # a write that does not name its file itself: say what we know
         print(f"error: the disk is full ({exc.strerror}){f' writing {exc.filename}' if exc.filename else ''}; "
               "free some space and run again", file=sys.stderr)

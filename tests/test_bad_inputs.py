@@ -263,3 +263,30 @@ def test_kaggle_submit_knows_one_folder_however_spelled_and_a_csv_of_other_data(
         "not for data/sample: pass DATA=<that folder>, or write it for this data (" in line, line
     line = _fails(capsys, "kaggle-submit", "--variant", "mean", "--competition", "photo-reconstruction")
     assert line.startswith("error: variant 'mean' has no submission yet")
+
+
+def test_an_error_under_a_bar_left_open_starts_its_own_line(workspace, capsys, monkeypatch):
+    """Any step (a training loop, say) stopped by an error under its bar: the CLI closes the bar first."""
+    from tqdm import tqdm
+
+    import pipeline.cli as cli
+    from pipeline.config import ConfigError
+
+    def stops_midway(args):
+        bar = tqdm(total=10, desc="train x", unit="step")
+        bar.update(3)
+        raise ConfigError("params.lr: stopped midway")
+
+    monkeypatch.setattr(cli, "cmd_validate", stops_midway)
+    code, _, err = _run(capsys, "validate", "--csv", "x.csv")
+    assert code == 2 and "3/10" in err and "\nerror: params.lr: stopped midway" in err, err
+
+
+def test_kaggle_submit_on_a_folder_never_used_lists_the_newest_folders_only(workspace, capsys):
+    from pipeline.leaderboard import Leaderboard
+
+    for name in ("a", "b", "c", "d", "a", "e"):
+        Leaderboard().record({"variant": "telea", "data": f"data/{name}", "sha256": name * 64})
+    line = _fails(capsys, "kaggle-submit", "--variant", "telea", "--competition", "photo-reconstruction")
+    assert line.startswith("error: telea was submitted on data/e, data/a, data/d (and 2 older), not on data/sample: "
+                           "pass DATA=<one of those>"), line

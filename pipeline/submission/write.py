@@ -111,6 +111,7 @@ def write_submission(
     except OSError as exc:
         raise _named(exc, path) from None
     finally:
+        chunks.close()  # a writer stopped early: its progress bar ends before any message
         tmp.unlink(missing_ok=True)
 
 
