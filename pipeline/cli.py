@@ -305,16 +305,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _written_for_other_data(csv: Path, competition) -> str | None:
-    """Where the leaderboard says `csv` (as it is now) was written, when that is other data than
-    `competition`'s; None when it was written for it, or is not recorded."""
+def _written_for_other_data(csv: Path, competition, sha256: str | None = None) -> str | None:
+    """Where the leaderboard says `csv` (as it is now, of checksum `sha256` if known) was
+    written, when that is other data than `competition`'s; None when it was written for it, or
+    is not recorded. Called once a check failed: the common path hashes the file once."""
     if not csv.is_file():
         return None
     try:
         table = Leaderboard().read()
     except PipelineError:
         return None
-    rows = table[table["sha256"] == _sha256(csv)]
+    rows = table[table["sha256"] == (sha256 or _sha256(csv))]
     home = _competition_home(competition.root)
     if rows.empty or (rows["data"].map(_competition_home) == home).any():
         return None
@@ -325,7 +326,7 @@ def _written_for_other_data(csv: Path, competition) -> str | None:
 
 def cmd_kaggle_submit(args) -> None:
     from pipeline import kaggle
-    from pipeline.submission import validate_submission
+    from pipeline.submission import SubmissionError, validate_submission
     from pipeline.submit import kaggle_message
 
     kaggle.check_slug(args.competition)
@@ -333,13 +334,22 @@ def cmd_kaggle_submit(args) -> None:
     competition = load_competition(variant.data, check_images=False)
     row = _latest_row(variant.name, competition.root)
     csv = Path(row["submission"])
-    other = _written_for_other_data(csv, competition)
-    if other:  # a submit on other data rewrote the variant's CSV since this row was recorded
-        raise ConfigError(f"{other}: run `make submit VARIANT={variant.name}"
-                          + (f" DATA={args.data}`" if args.data else "`") + " again to write it for this data")
+
+    def refuse_if_rewritten_for_other_data(sha256: str | None = None) -> None:
+        # a submit on other data rewrote the variant's CSV since this row was recorded
+        other = _written_for_other_data(csv, competition, sha256)
+        if other:
+            raise ConfigError(f"{other}: run `make submit VARIANT={variant.name}"
+                              + (f" DATA={args.data}`" if args.data else "`") + " again to write it for this data")
+
     # a bad file never costs one of the day's submissions: the competition's format, scale and ids
-    result = validate_submission(csv, competition)
+    try:
+        result = validate_submission(csv, competition)
+    except SubmissionError:
+        refuse_if_rewritten_for_other_data()
+        raise
     if result.sha256 != row["sha256"]:
+        refuse_if_rewritten_for_other_data(result.sha256)
         raise ConfigError(f"{csv} changed since it was recorded; run `make submit VARIANT={variant.name}` again")
     found = kaggle.submit(args.competition, csv, kaggle_message(row))
     Leaderboard().update_kaggle(result.sha256, found.ref, found.status, found.public_score)
