@@ -290,3 +290,22 @@ def test_kaggle_submit_on_a_folder_never_used_lists_the_newest_folders_only(work
     line = _fails(capsys, "kaggle-submit", "--variant", "telea", "--competition", "photo-reconstruction")
     assert line.startswith("error: telea was submitted on data/e, data/a, data/d (and 2 older), not on data/sample: "
                            "pass DATA=<one of those>"), line
+
+
+def test_a_full_disk_while_predicting_names_the_folder_and_keeps_the_previous_predictions(workspace, capsys,
+                                                                                          monkeypatch):
+    import pipeline.predict as predict
+
+    assert _run(capsys, "predict", "--variant", "mean", "--splits", "val")[0] == 0
+    (folder,) = Path("data/predictions").glob("*/mean/val")
+    before = sorted(p.name for p in folder.iterdir())
+
+    def no_space(path, image, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(predict, "write_image", no_space)
+    line = _fails(capsys, "submit", "--variant", "mean")
+    assert line == (f"error: {folder}.partial: the disk is full (No space left on device) while writing it; the "
+                    f"previous predictions in {folder} are unchanged; free some space on it (df -h {folder.parent}) "
+                    "and run again"), line
+    assert sorted(p.name for p in folder.iterdir()) == before
