@@ -16,6 +16,7 @@ import yaml
 
 from pipeline.config import ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
 from pipeline.data.competition import load_competition
+from pipeline.files import DISK_FULL
 from pipeline.leaderboard import Leaderboard
 from pipeline.next_step import NextStep, render_with, shell_word, variant_word
 
@@ -107,7 +108,9 @@ def _describe(competition) -> None:
 
 def cmd_data(args) -> None:
     from pipeline.data.download import download_competition
+    from pipeline.kaggle import check_slug
 
+    check_slug(args.competition)
     dest = Path("data/raw") / args.competition
     download_competition(args.competition, dest, force=args.force)
     _describe(load_competition(data_config({"root": dest, "truth": None})))
@@ -184,10 +187,17 @@ def cmd_sd(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from pipeline.submission import validate_submission
+    from pipeline.submission import SubmissionError, validate_submission
 
     competition = load_competition(_data_config(args), check_images=False)
-    result = validate_submission(Path(args.csv), competition)
+    try:
+        result = validate_submission(Path(args.csv), competition)
+    except SubmissionError as exc:
+        other = Leaderboard().written_for_other_data(Path(args.csv), competition.root)
+        if other:  # its ids name other boxes: say whose they are
+            step = NextStep("validate", {"csv": args.csv, "data": "<that folder>"})
+            raise SubmissionError(f"{other}: validate it there (`{step}`), or write it for this data ({exc})") from None
+        raise
     print(f"{result.path}: OK, {result.rows} values, sha256 {result.sha256}")
 
 
@@ -232,8 +242,10 @@ def cmd_compare(args) -> None:
 
 
 def cmd_kaggle_submit(args) -> None:
+    from pipeline import kaggle
     from pipeline.submit import upload_submission
 
+    kaggle.check_slug(args.competition)
     variant = _variant(args)
     competition = load_competition(variant.data, check_images=False)
     row, found = upload_submission(variant, competition, args.competition, Leaderboard())
@@ -245,6 +257,7 @@ def cmd_kaggle_submit(args) -> None:
 def cmd_kaggle_scores(args) -> None:
     from pipeline import kaggle
 
+    kaggle.check_slug(args.competition)
     leaderboard = Leaderboard()
     updated = leaderboard.update_from_kaggle(kaggle.list_submissions(args.competition))
     print(f"{updated} leaderboard row(s) updated from {args.competition}'s submissions")
@@ -322,12 +335,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close the bars an error left open (a training loop, say), so that its message starts on a
+    line of its own instead of being glued to a bar."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     render_with(render_step)  # every next step a message names reads as this process was started
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except PipelineError as exc:  # errors a person acts on carry their own message
+        _close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        _close_progress_bars()
+        # a write that does not name its file itself: say what we know
+        print(f"error: the disk is full ({exc.strerror}){f' writing {exc.filename}' if exc.filename else ''}; "
+              "free some space and run again", file=sys.stderr)
         return 2
     return 0

@@ -1,8 +1,9 @@
-"""Files several processes share: written whole or not at all (`atomic_write`), and locks that
-say who holds them (`locked`)."""
+"""Files several processes share: written whole or not at all (`atomic_write`), a full disk named
+(`disk_full`), and locks that say who holds them (`locked`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -11,7 +12,37 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.config import PipelineError
+
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+class DiskFullError(PipelineError, OSError):
+    """No space left on the disk (or the quota used up) while writing; names the file."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException, path, kept: str) -> DiskFullError | None:
+    """The DiskFullError for `exc` raised while writing `path` (None if it is another error);
+    `kept` says what is left as it was."""
+    if isinstance(exc, DiskFullError) or not (isinstance(exc, OSError) and exc.errno in DISK_FULL):
+        return None
+    return DiskFullError(f"{path}: the disk is full ({os.strerror(exc.errno)}) while writing it; {kept}; free some "
+                         f"space on it (df -h {Path(path).parent}) and run again")
+
+
+@contextmanager
+def naming_a_full_disk(path, kept: str):
+    """Turn a full disk while writing `path` into a DiskFullError that names it."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_full(exc, path, kept)
+        if error is None:
+            raise
+        raise error from None
 
 
 def temporary_path(path: Path) -> Path:

@@ -27,7 +27,7 @@ from pipeline.data.competition import (
     write_image,
 )
 from pipeline.data.predictions import PREDICTIONS_DIR, competition_key, prediction_dir
-from pipeline.files import locked
+from pipeline.files import locked, naming_a_full_disk
 from pipeline.inpainters.base import InpaintBatch, Inpainter, build_inpainter, composite
 from pipeline.score import split_fingerprint
 
@@ -144,11 +144,12 @@ def predict_split(
         staging.mkdir(parents=True)
     state.wait_for_everyone()
     size = competition.config.image_size
-    with state.split_between_processes(list(records)) as mine:
-        bar = tqdm(total=len(mine), desc=f"{variant.name} {split}", unit="img",
-                   disable=not (progress and state.is_main_process))
-        seconds = _predict_records(mine, inpainter, staging, size, variant.batch_size, bar)
-        bar.close()
+    kept = f"the previous predictions in {final} are unchanged" if final.exists() else "nothing else was written"
+    with state.split_between_processes(list(records)) as mine, naming_a_full_disk(staging, kept):
+        # the bar closes before an error is printed, so the message is not glued to it
+        with tqdm(total=len(mine), desc=f"{variant.name} {split}", unit="img",
+                  disable=not (progress and state.is_main_process)) as bar:
+            seconds = _predict_records(mine, inpainter, staging, size, variant.batch_size, bar)
         (staging / f"shard-{state.process_index}.json").write_text(
             json.dumps({"images": len(mine), "seconds": seconds}))
     state.wait_for_everyone()

@@ -90,12 +90,27 @@ def upload_submission(variant: VariantConfig, competition: Competition, slug: st
     from pipeline import kaggle
     from pipeline.submission import validate_submission
 
+    from pipeline.submission import SubmissionError
+
     row = leaderboard.submitted_on(variant.name, competition.root)
     csv = Path(row["submission"])
+    again = NextStep("submit", {"variant": variant.name, "data": row["data"]})
+
+    def refuse_if_rewritten_for_other_data(sha256: str | None = None) -> None:
+        # a submit on other data rewrote the variant's CSV since this row was recorded
+        other = leaderboard.written_for_other_data(csv, competition.root, sha256)
+        if other:
+            raise ConfigError(f"{other}: run `{again}` again to write it for this data")
+
     # a bad file never costs one of the day's submissions: the competition's format, scale and ids
-    result = validate_submission(csv, competition)
+    try:
+        result = validate_submission(csv, competition)
+    except SubmissionError:
+        refuse_if_rewritten_for_other_data()
+        raise
     if result.sha256 != row["sha256"]:
-        raise ConfigError(f"{csv} changed since it was recorded; run `{NextStep('submit', {'variant': variant.name})}` again")
+        refuse_if_rewritten_for_other_data(result.sha256)
+        raise ConfigError(f"{csv} changed since it was recorded; run `{again}` again")
     found = kaggle.submit(slug, csv, kaggle_message(row))
     leaderboard.update_kaggle(result.sha256, found.ref, found.status, found.public_score)
     return row, found

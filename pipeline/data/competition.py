@@ -28,6 +28,7 @@ matched on its name. The manifest is validated as a whole: nothing is silently s
 from __future__ import annotations
 
 import dataclasses
+import glob
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,17 @@ def find_dataset(root: Path) -> Path | None:
     return found[0] if found else None
 
 
+def competition_home(folder: str | Path) -> Path:
+    """The folder that holds the competition's files, resolved: data/x and data/x/Dataset are
+    one competition (DATA= may name either)."""
+    path = Path(str(folder))
+    try:
+        found = find_dataset(path) if path.is_dir() else None
+    except CompetitionError:
+        found = None
+    return (found or path).resolve()
+
+
 def holds_other_layout(root: Path) -> bool:
     """`root` exists but holds no Training_Data/ + Testing_Data/ pair (e.g. a sample built in an
     older layout)."""
@@ -167,6 +179,9 @@ def load_competition(cfg: DataConfig, check_images: bool = True) -> Competition:
     turn it off only where the caller decodes the images itself.
     """
     root = Path(cfg.root)
+    if root.is_file():
+        raise CompetitionError(f"{root}: is a file, not a folder; the competition is the folder that holds "
+                               f"Dataset/ (or train/ and test/ and the bbox CSV): unpack it if it is an archive")
     if not root.is_dir():
         raise CompetitionError(
             f"{root}: competition folder not found; build the offline sample or download the "
@@ -301,15 +316,14 @@ def _test_records(test_paths: list[Path], test_root: Path, bbox_csv: Path, cfg: 
             raise CompetitionError(f"{path} and {names[path.name]}: two test images share the name {path.name!r}; "
                                    "submission ids are file names and must be unique")
         names[path.name] = path
-    index = _name_index(test_paths, test_root)
+    index, shared = _name_index(test_paths, test_root)
     boxes_by_path: dict[Path, list[tuple[int, Box, int]]] = {}
     label_by_path: dict[Path, str | None] = {}
     for row in table.itertuples():
         name = row.image.replace("\\", "/")  # paths written on Windows
         path = index.get(name) or index.get(Path(name).name)
         if path is None:
-            raise CompetitionError(f"{bbox_csv}: line {row.line}: image {row.image!r} is not among the "
-                                   f"{len(test_paths)} images under {test_root} (or its name is shared by two)")
+            raise CompetitionError(_unknown_image(bbox_csv, row, test_paths, test_root, shared))
         boxes_by_path.setdefault(path, []).append((row.box, Box(row.x, row.y, row.w, row.h), row.line))
         label_by_path[path] = row.label if isinstance(row.label, str) and row.label else None
     test = []
@@ -337,19 +351,40 @@ def _read_boxes(path: Path, cfg: DataConfig):
         raise CompetitionError(str(exc)) from None
 
 
-def _name_index(paths: list[Path], root: Path) -> dict[str, Path]:
+def _name_index(paths: list[Path], root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """Map every way a bbox CSV may name an image (relative path, file name, stem) to it; a key
-    shared by two images (a stem with two extensions) maps to neither."""
+    shared by two images (a stem with two extensions) maps to neither, and is returned apart
+    with the images that share it."""
     index: dict[str, Path] = {}
-    ambiguous: set[str] = set()
+    shared: dict[str, list[Path]] = {}
     for path in paths:
         for key in {path.relative_to(root).as_posix(), path.name, path.stem}:
             if key in index and index[key] != path:
-                ambiguous.add(key)
+                shared.setdefault(key, [index[key]]).append(path)
             index[key] = path
-    for key in ambiguous:
+    for key in shared:
         index.pop(key)
-    return index
+    return index, shared
+
+
+def _unknown_image(bbox_csv: Path, row, test_paths: list[Path], test_root: Path,
+                   shared: dict[str, list[Path]]) -> str:
+    """Why a bbox CSV row names no test image: a name two images share, a file of an extension
+    that is not read, or no such file."""
+    name = row.image.replace("\\", "/")
+    where = f"{bbox_csv}: line {row.line}: image {row.image!r}"
+    both = shared.get(name) or shared.get(Path(name).name)
+    if both:
+        return (f"{where} names {len(both)} test images: {', '.join(map(str, both))}; name one of them in full "
+                "(with its extension) in the CSV, or rename the other")
+    unread = [p for p in (test_root / name, test_root / Path(name).name) if p.is_file()]
+    unread += sorted(p for p in test_root.rglob(f"{glob.escape(Path(name).stem)}.*") if p.is_file())
+    unread = [p for p in unread if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if unread:
+        return (f"{where} is {unread[0]}, and {unread[0].suffix or 'a file without an extension'} is not read: "
+                f"only {', '.join(IMAGE_SUFFIXES)} images are; convert it (and its name in the CSV) or remove both")
+    return (f"{where} is not among the {len(test_paths)} images ({', '.join(IMAGE_SUFFIXES)}) under {test_root}; "
+            "check the name, or the download")
 
 
 def carve_validation(candidates: list[ImageRecord], cfg: DataConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:

@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.kaggle import KaggleError, _authenticated_api, _say, _translated_errors
+from pipeline.kaggle import KaggleError, _authenticated_api, _say, _translated_errors, check_slug
 
 # Rounds of "unzip the zips that came out of a zip"; a bound against zip-in-zip bombs.
 _MAX_NESTED_ZIP_ROUNDS = 3
@@ -55,6 +55,7 @@ def download_competition(slug: str, dest: Path, *, force: bool = False) -> Path:
     so an interrupted run never leaves a half-filled `dest`. Every zip, including zips inside the
     download, is extracted and then deleted. Raises KaggleError on anything a person must fix.
     """
+    check_slug(slug)  # before `dest` (data/raw/<slug>) is looked at: ../../x would leave data/raw
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise KaggleError(f"{dest} is a file, not a folder; choose another destination for competition '{slug}'.")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import Competition
-from pipeline.files import atomic_write, remove_stale_temporaries
+from pipeline.files import atomic_write, disk_full, remove_stale_temporaries, temporary_path
 from pipeline.submission.csvio import SubmissionError, batches, open_csv
 from pipeline.submission.spec import SubmissionSpec, submission_spec
 from pipeline.submission.validate import Validation, validate_stream
@@ -45,14 +45,19 @@ def write_submission(
         chunks = _sample_chunks(competition, spec, load_prediction, progress)
     digest = hashlib.sha256()
     failures: list[BaseException] = []
+    tmp = temporary_path(path)
     try:
         with atomic_write(path) as tmp:  # renamed over `path` only when validated
             rows = _write_and_validate(chunks, tmp, spec, digest, failures)
         return Validation(path, rows, digest.hexdigest())
     except SubmissionError as exc:
         if failures:
-            raise failures[0] from None
+            raise _named(failures[0], path) from None
         raise SubmissionError(str(exc).replace(str(tmp), f"{path} (not written)")) from None
+    except OSError as exc:
+        raise _named(exc, path) from None
+    finally:
+        chunks.close()  # a writer stopped early: its progress bar ends before any message
 
 
 def _write_and_validate(chunks: Iterator[bytes], tmp: Path, spec: SubmissionSpec, digest,
@@ -83,6 +88,11 @@ def _write_and_validate(chunks: Iterator[bytes], tmp: Path, spec: SubmissionSpec
     if failures:
         raise failures[0]
     return rows
+
+
+def _named(exc: BaseException, path: Path) -> BaseException:
+    kept = f"{path} is unchanged" if path.exists() else f"{path} was not written"
+    return disk_full(exc, path, f"{kept} and its temporary file removed") or exc
 
 
 def _value_text(spec: SubmissionSpec) -> pa.Array:
