@@ -184,6 +184,38 @@ def test_crop_mode_one_box_at_a_time_through_padding_mask_crop(workspace, compet
             k += 1
 
 
+@pytest.mark.parametrize("resize", ["whole", "crop"])
+def test_the_model_is_given_the_boxes_grown_by_mask_dilation(workspace, competition, tiny_model, monkeypatch, resize):
+    inpainter = build_inpainter(sd_variant(workspace, tiny_model, resize=resize, mask_dilation=8, steps=1,
+                                           guidance_scale=1.0))
+    pipe = inpainter.loaded.pipe
+    masks, real_call = [], type(pipe).__call__
+
+    def recording(self, **kw):  # the masks at the image's 256x256 scale, as bool
+        given = kw["mask_image"]
+        if resize == "whole":  # a (N, 1, 512, 512) tensor, upscaled 2x by nearest neighbour
+            masks.extend(m[0, ::2, ::2].numpy() > 0.5 for m in given)
+        else:
+            masks.append(np.asarray(given) > 0)
+        return real_call(self, **kw)
+
+    monkeypatch.setattr(type(pipe), "__call__", recording)
+    batch = first_batch(competition)
+    inpainter.inpaint(batch)
+
+    def grown(boxes) -> np.ndarray:  # each box 8 px larger on every side, clipped to the image
+        out = np.zeros((256, 256), bool)
+        for b in boxes:
+            out[max(0, b.y - 8):b.y + b.h + 8, max(0, b.x - 8):b.x + b.w + 8] = True
+        return out
+
+    expected = ([grown(boxes) for boxes in batch.boxes] if resize == "whole"
+                else [grown([box]) for boxes in batch.boxes for box in boxes])
+    assert len(masks) == len(expected)
+    for given, wanted in zip(masks, expected):
+        assert np.array_equal(given, wanted), f"{given.sum()} mask pixels given to the model, {wanted.sum()} expected"
+
+
 def test_same_seed_same_output_whatever_the_batch(workspace, competition, tiny_model):
     inpainter = build_inpainter(sd_variant(workspace, tiny_model, **FAST))
     batch = first_batch(competition, 2)
