@@ -122,7 +122,7 @@ def test_real_and_fake_local_crops_are_cut_at_the_same_place():
             mask[n, :, y:y + h, x:x + w] = 1
     seen = []
     nets["discriminator"].register_forward_pre_hook(lambda module, args: seen.append(args))
-    step({"masked_image": target * (1 - mask), "mask": mask, "target": target, "boxes": boxes}, 1)
+    step({"model_input": target * (1 - mask), "mask": mask, "target": target, "boxes": boxes}, 1)
     (images, crops), = seen  # the discriminator phase: one forward, real then fake
     real_crops, fake_crops = crops.chunk(2)
     for n in range(2):

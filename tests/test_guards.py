@@ -78,7 +78,7 @@ def test_every_epoch_draws_new_boxes(generic, monkeypatch):
     path = generic.root.parent.parent / "epochs.yaml"
     path.write_text(yaml.safe_dump({
         "name": "epochs", "method": "pix2pix", "batch_size": 3,
-        "params": dict(ngf=8, depth=4, norm="instance", dropout=False, hole_init="zero", objective="l2",
+        "params": dict(ngf=8, depth=4, norm="instance", dropout=False, hole_fill="zero", objective="l2",
                        train_batch_size=3, epochs=2, lr=0.001, mixed_precision="no", num_workers=0,
                        max_minutes=0.0, seed=0),
         "data": {"root": str(generic.root), "truth": str(generic.truth), "val_count": 2},
