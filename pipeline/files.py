@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -70,6 +71,25 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """`path` holds `data`, or (killed, disk full) what it held before."""
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
+
+
+def replace_folder(staging: Path, final: Path) -> None:
+    """Publish the complete folder `staging` as `final`: the old `final` is moved aside, `staging`
+    renamed into place, then the old one removed; some complete folder exists at every moment,
+    and if the rename fails the old folder is put back."""
+    staging, final = Path(staging), Path(final)
+    previous = final.with_name(final.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        final.rename(previous)
+    try:
+        staging.rename(final)
+    except OSError:
+        if previous.exists() and not final.exists():
+            previous.rename(final)  # put the old folder back rather than leave nothing
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:

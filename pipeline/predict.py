@@ -27,7 +27,7 @@ from pipeline.data.competition import (
     write_image,
 )
 from pipeline.data.predictions import PREDICTIONS_DIR, competition_key, prediction_dir
-from pipeline.files import locked, naming_a_full_disk
+from pipeline.files import locked, naming_a_full_disk, replace_folder
 from pipeline.inpainters.base import InpaintBatch, Inpainter, build_inpainter, composite
 from pipeline.score import split_fingerprint
 
@@ -159,12 +159,6 @@ def predict_split(
             {"variant": variant.to_dict(), "split": split, "images": len(records),
              "split_fingerprint": split_fingerprint(competition, split),
              "seconds_per_image": seconds / len(records), "processes": state.num_processes}, indent=2))
-        # swap so that some complete folder exists at every moment, even if killed in between
-        previous = final.with_name(final.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        if final.exists():
-            final.rename(previous)
-        staging.rename(final)
-        shutil.rmtree(previous, ignore_errors=True)
+        replace_folder(staging, final)  # some complete folder exists at every moment
     state.wait_for_everyone()
     return PredictionRun(final, len(records), json.loads((final / "run.json").read_text())["seconds_per_image"])

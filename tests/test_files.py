@@ -4,6 +4,7 @@ makes the second holder wait and tells it who holds the lock."""
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,30 @@ def test_an_uncontended_lock_prints_nothing(tmp_path, capsys):
     with locked(tmp_path / ".lock", "testing"):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_replace_folder_publishes_whole_and_puts_the_old_one_back_when_the_rename_fails(tmp_path, monkeypatch):
+    from pipeline.files import replace_folder
+
+    final, staging = tmp_path / "out", tmp_path / "staging"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    staging.mkdir()
+    (staging / "new.txt").write_text("new")
+    replace_folder(staging, final)
+    assert [p.name for p in final.iterdir()] == ["new.txt"] and not staging.exists()
+    assert not (tmp_path / "out.previous").exists()
+
+    again = tmp_path / "again"
+    again.mkdir()
+    real_rename = Path.rename
+
+    def failing(self, target):
+        if self == again:
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError):
+        replace_folder(again, final)
+    assert [p.name for p in final.iterdir()] == ["new.txt"]  # the published folder is back
