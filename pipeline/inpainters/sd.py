@@ -23,6 +23,7 @@ from pipeline.data.boxes import Box
 from pipeline.devices import execution_device
 from pipeline.inpainters.base import InpaintBatch, Inpainter
 from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+from pipeline.next_step import NextStep
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
 PROMPT_FIELDS = ("animal", "a_animal")
@@ -155,7 +156,7 @@ def how_to_get(model: str) -> str:
         "which fills the Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME/hub); copy that cache to "
         "this machine (or point params.cache_dir / HF_HOME at it). Or add `--local-dir checkpoints/sd-inpainting` "
         "to the download and set the variant's params.model to that folder "
-        "(e.g. `python -m pipeline sd --sweep FILE --param model=checkpoints/sd-inpainting`)."
+        f"(e.g. `{NextStep('sd', {'sweep': 'FILE', 'param': 'model=checkpoints/sd-inpainting'})}`)."
     )
 
 
