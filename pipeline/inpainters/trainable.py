@@ -138,6 +138,9 @@ class Family:
     def check(self, variant: VariantConfig, config: TrainableConfig) -> None:
         """The family's own checks of its params (raise ConfigError naming the key)."""
 
+    def check_trainable(self, variant: VariantConfig, config: TrainableConfig) -> None:
+        """Checks only training needs (a variant that predicts without training refuses here)."""
+
     # --- what the trainer calls
 
     def hole_fill(self, config: TrainableConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:

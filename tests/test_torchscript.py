@@ -1,0 +1,146 @@
+"""The torchscript family (LaMa, MI-GAN) with tiny stand-ins saved to disk: each convention (mask
+polarity, value ranges, channel order, padding and cropping back) against values computed here,
+the preflight's checks, the `weights` download against a local HTTP server, and fine-tuning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from pipeline.config import ConfigError, VariantConfig
+from pipeline.data.boxes import Box
+from pipeline.inpainters.base import InpaintBatch, build_inpainter, composite, preflight
+from pipeline.inpainters.torchscript import TorchScriptNet, load_torchscript
+from tests.conftest import small_data_config
+from tests.tiny_torchscript import (LAMA_FILL, MIGAN_FILL, LamaProbe, MiganProbe, TinyLama, TinyMigan,
+                                    save)
+
+
+def ts_variant(weights: Path, convention: str, **params) -> VariantConfig:
+    return VariantConfig(name=f"ts-{convention}", method="torchscript", batch_size=2,
+                         params={"weights": str(weights), "convention": convention, "zero_shot": True, **params})
+
+
+def two_box_batch(seed: int = 0) -> InpaintBatch:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    masks = np.zeros((2, 256, 256), bool)
+    boxes = [[Box(10, 20, 75, 75), Box(150, 160, 75, 75)], [Box(0, 181, 75, 75), Box(181, 0, 75, 75)]]
+    for mask, image_boxes in zip(masks, boxes):
+        for b in image_boxes:
+            mask[b.y:b.y + b.h, b.x:b.x + b.w] = True
+    images[masks] = 0
+    return InpaintBatch(images, masks, boxes, [None, None], ["a", "b"])
+
+
+@pytest.mark.parametrize("convention, probe, fill", [
+    ("lama", LamaProbe, lambda: np.round(np.array(LAMA_FILL) * 255)),
+    ("migan", MiganProbe, lambda: np.round((np.array(MIGAN_FILL) + 1) * 127.5)),
+])
+def test_each_convention_fills_the_boxes_with_the_files_answer_in_rgb(tmp_path, convention, probe, fill):
+    # the probes refuse any input off the convention (sizes, ranges, mask values, an unerased hole)
+    variant = ts_variant(save(probe(0), tmp_path / "probe.pt"), convention)
+    batch = two_box_batch()
+    prediction = build_inpainter(variant).inpaint(batch)
+    out = composite(batch.masked_images, batch.masks, prediction)
+    # the probe's colour per channel, R then G then B, in the boxes (1 = hole) and nowhere else
+    assert (out[batch.masks] == fill().astype(np.uint8)).all()
+    assert (out[~batch.masks] == batch.masked_images[~batch.masks]).all()
+
+
+def _expected_mirror(image: np.ndarray, mask: np.ndarray, size: tuple[int, int], erase: bool) -> np.ndarray:
+    """numpy's own symmetric padding at the bottom/right, the probe's flip, and the crop back."""
+    pad = ((0, size[0] - image.shape[1]), (0, size[1] - image.shape[2]))
+    padded = np.pad(image, ((0, 0), *pad), mode="symmetric")
+    hole = np.pad(mask, pad, mode="symmetric")
+    if erase:  # MI-GAN's input: the image on -1..1 with the hole erased to 0
+        padded = (padded * 2 - 1) * (1 - hole)
+    out = np.where(hole, padded[:, :, ::-1], padded)
+    if erase:
+        out = (out + 1) / 2
+    return out[:, :image.shape[1], :image.shape[2]]
+
+
+@pytest.mark.parametrize("convention, probe, shape, padded", [
+    ("lama", LamaProbe, (250, 251), (256, 256)),  # to multiples of 8
+    ("migan", MiganProbe, (200, 300), (512, 512)),  # to 512 x 512, not enlarged
+    ("migan", MiganProbe, (256, 256), (512, 512)),  # the competition's photo
+])
+def test_padding_mirrors_at_the_bottom_right_and_the_output_is_cropped_back(tmp_path, convention, probe, shape,
+                                                                            padded):
+    net = TorchScriptNet(load_torchscript(save(probe(1), tmp_path / "probe.pt")), convention)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (3, *shape)).astype(np.float32) / 255
+    mask = np.zeros(shape, np.float32)
+    mask[5:60, 7:90] = 1
+    image = image * (1 - mask)
+    with torch.no_grad():
+        out = net(torch.from_numpy(image)[None], torch.from_numpy(mask)[None, None])[0].numpy()
+    assert out.shape == (3, *shape)
+    np.testing.assert_allclose(out, _expected_mirror(image, mask, padded, erase=convention == "migan"), atol=1e-6)
+
+
+def test_batch_norm_statistics_stay_the_files_in_training_mode(tmp_path):
+    net = TorchScriptNet(load_torchscript(save(TinyLama(), tmp_path / "lama.pt")), "lama").train()
+    before = net.state_dict()["model.body.norm.running_mean"].clone()
+    image, mask = torch.rand(2, 3, 64, 64), torch.zeros(2, 1, 64, 64)
+    net(image + 5, mask).sum().backward()  # a batch far from the stored statistics
+    assert torch.equal(net.state_dict()["model.body.norm.running_mean"], before)
+    assert net.training and not net.model.body.norm.training
+
+
+# ---------------------------------------------------------------------------------------------
+# preflight
+
+
+def test_preflight_without_the_file_says_how_to_get_it(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        preflight(ts_variant(tmp_path / "weights/big-lama.pt", "lama"))
+    assert "weights --name big-lama" in str(err.value) and "/kaggle/input/" in str(err.value)
+
+
+def test_preflight_refuses_a_file_that_is_not_torchscript(tmp_path):
+    path = tmp_path / "big-lama.pt"
+    torch.save({"weight": torch.zeros(3)}, path)  # a state dict, not a traced model
+    with pytest.raises(ConfigError, match="not a TorchScript file"):
+        preflight(ts_variant(path, "lama"))
+
+
+class Times255(nn.Module):
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return image * 255
+
+
+def test_preflight_calls_the_file_once_and_checks_shape_and_range(tmp_path):
+    with pytest.raises(ConfigError, match="migan convention failed"):  # a LaMa file called as MI-GAN
+        preflight(ts_variant(save(TinyLama(), tmp_path / "lama.pt"), "migan"))
+    with pytest.raises(ConfigError, match="outside 0.0..1.0"):  # a file answering on 0..255
+        preflight(ts_variant(save(Times255(), tmp_path / "x255.pt"), "lama"))
+    preflight(ts_variant(save(TinyMigan(), tmp_path / "migan.pt"), "migan"))
+
+
+def test_a_published_name_with_another_checksum_is_a_warning(tmp_path, capsys):
+    preflight(ts_variant(save(TinyLama(), tmp_path / "big-lama.pt"), "lama"))
+    err = capsys.readouterr().err
+    assert "warning:" in err and "not the published e3aa4aaa15225a33ec84f9f4bc47e500" in err
+
+
+def test_submit_without_the_file_stops_in_seconds_naming_the_weights_command(workspace, capsys):
+    from pipeline.cli import main as cli
+
+    (workspace / "lama.yaml").write_text(yaml.safe_dump({
+        "name": "lama", "method": "torchscript", "params": {"weights": "weights/big-lama.pt", "zero_shot": True},
+        "data": {"root": "data/sample", "truth": "data/sample-truth", "val_count": 6}}))
+    assert cli(["submit", "--variant", "lama.yaml"]) == 2
+    assert "python -m pipeline weights --name big-lama" in capsys.readouterr().err
+    assert not (workspace / "submissions").exists() or not any((workspace / "submissions").iterdir())
