@@ -26,7 +26,7 @@ MAKE_VARIABLES = {
     "variant": "VARIANT", "data": "DATA", "channels": "CHANNELS", "csv": "CSV", "resume": "RESUME",
     "restart": "RESTART", "epochs": "EPOCHS", "max_steps": "MAX_STEPS", "variants": "VARIANTS",
     "competition": "COMPETITION", "sweep": "SWEEP", "only": "ONLY", "all": "ALL", "force": "FORCE",
-    "host": "HOST", "port": "PORT",
+    "host": "HOST", "port": "PORT", "name": "NAME",
 }
 
 
@@ -115,6 +115,16 @@ def cmd_data(args) -> None:
     download_competition(args.competition, dest, force=args.force)
     _describe(load_competition(data_config({"root": dest, "truth": None})))
     print(f"next: {NextStep('submit', {'variant': 'telea', 'data': dest})}")
+
+
+def cmd_weights(args) -> None:
+    from pipeline.weights import WEIGHTS_DIR, download_weights
+
+    path = download_weights(args.name, Path(args.dir or WEIGHTS_DIR), url=args.url, md5=args.md5, force=args.force)
+    variant = "lama" if args.name == "big-lama" else args.name
+    print(f"{path}: ready")
+    if Path(args.dir or WEIGHTS_DIR) == WEIGHTS_DIR:
+        print(f"next: {NextStep('submit', {'variant': variant})}")
 
 
 def cmd_predict(args) -> None:
@@ -296,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("data", cmd_data, "download a Kaggle competition and validate it", data=False)
     p.add_argument("--competition", required=True, help="the competition's slug (from its URL)")
     p.add_argument("--force", action="store_true", help="download again even if present")
+    p = add("weights", cmd_weights, "download a pretrained inpainter's published TorchScript file into weights/ "
+            "(resumable, checksum verified)", data=False)
+    p.add_argument("--name", required=True, choices=("big-lama", "migan"), help="big-lama (LaMa) or migan (MI-GAN)")
+    p.add_argument("--dir", help="folder to put it in (default: weights/)")
+    p.add_argument("--url", help="a mirror to download from (default: the published release address)")
+    p.add_argument("--md5", help="the mirror's MD5 (default: the published one)")
+    p.add_argument("--force", action="store_true", help="download again even if the file is here")
     p = add("predict", cmd_predict, "predict the validation split and the test set", variant=True)
     p.add_argument("--splits", default="val,test")
     add("submit", cmd_submit, "predict, write and validate the submission CSV, score, record", variant=True)

@@ -10,6 +10,7 @@ and is renamed into place only once its checksum is the published one; a wrong o
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import urllib.error
@@ -21,7 +22,7 @@ from pipeline.config import PipelineError
 from pipeline.files import locked, naming_a_full_disk
 
 WEIGHTS_DIR = Path("weights")
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # bytes read at a time: what an interrupted download keeps is whole chunks
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,17 @@ def download_weights(name: str, dest_dir: Path = WEIGHTS_DIR, url: str | None = 
                 with open(part, "ab" if resumed else "wb") as out, tqdm(
                         total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                         desc=published.file, disable=not progress) as bar:
-                    for chunk in iter(lambda: response.read(CHUNK), b""):
-                        out.write(chunk)
-                        bar.update(len(chunk))
+                    try:
+                        for chunk in iter(lambda: response.read(CHUNK), b""):
+                            out.write(chunk)
+                            bar.update(len(chunk))
+                        broke_off = total is not None and out.tell() < total  # the server closed early
+                    except (http.client.HTTPException, ConnectionError, TimeoutError):
+                        broke_off = True
+                    if broke_off:
+                        out.flush()
+                        raise WeightsError(f"{url}: the download broke off after {out.tell():,} of "
+                                           f"{total or '?'} bytes; run the command again to resume it from {part}")
 
         # 4. the checksum, then the rename into place
         found = md5sum(part)

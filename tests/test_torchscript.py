@@ -144,3 +144,85 @@ def test_submit_without_the_file_stops_in_seconds_naming_the_weights_command(wor
     assert cli(["submit", "--variant", "lama.yaml"]) == 2
     assert "python -m pipeline weights --name big-lama" in capsys.readouterr().err
     assert not (workspace / "submissions").exists() or not any((workspace / "submissions").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# `weights`: the download against a local HTTP stand-in of the release address
+
+
+class _Release(ThreadingHTTPServer):
+    """Serves `data` at any path, honouring Range; `cut_after` bytes, then the connection drops."""
+
+    data = b""
+    cut_after: int | None = None
+    ranges: list[str | None]
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server, data = self.server, self.server.data
+        wanted = self.headers.get("Range")
+        server.ranges.append(wanted)
+        start = int(wanted.removeprefix("bytes=").rstrip("-")) if wanted else 0
+        self.send_response(206 if wanted else 200)
+        if wanted:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if server.cut_after is not None:
+            body, server.cut_after = body[:server.cut_after], None  # this once: the connection drops
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def release():
+    server = _Release(("127.0.0.1", 0), _Handler)
+    server.data = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    server.ranges = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/big-lama.pt"
+    server.md5 = hashlib.md5(server.data).hexdigest()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_interrupted_download_resumes_and_lands_once_its_checksum_is_right(tmp_path, release):
+    from pipeline.weights import WeightsError, download_weights
+
+    release.cut_after = 100_000
+    with pytest.raises(WeightsError, match="broke off after .* run the command again to resume"):
+        download_weights("big-lama", tmp_path, url=release.url, md5=release.md5, progress=False)
+    part = tmp_path / ".big-lama.pt.part"
+    kept = part.stat().st_size
+    assert 0 < kept < len(release.data) and not (tmp_path / "big-lama.pt").exists()
+
+    path = download_weights("big-lama", tmp_path, url=release.url, md5=release.md5, progress=False)
+    assert release.ranges == [None, f"bytes={kept}-"]  # the second request asked for the rest only
+    assert path.read_bytes() == release.data and not part.exists()
+    # already here with the right checksum: nothing is fetched again
+    download_weights("big-lama", tmp_path, url=release.url, md5=release.md5, progress=False)
+    assert len(release.ranges) == 2
+
+
+def test_a_wrong_checksum_removes_the_download_and_says_so(tmp_path, release):
+    from pipeline.weights import WeightsError, download_weights
+
+    with pytest.raises(WeightsError, match=f"md5 is {release.md5}, not the expected 0+; it was removed"):
+        download_weights("big-lama", tmp_path, url=release.url, md5="0" * 32, progress=False)
+    assert list(tmp_path.iterdir()) == [tmp_path / ".big-lama.pt.lock"]
+
+
+def test_the_weights_command_takes_the_address_from_iopaints_variables(workspace, release, monkeypatch, capsys):
+    from pipeline.cli import main as cli
+
+    monkeypatch.setenv("LAMA_MODEL_URL", release.url)
+    monkeypatch.setenv("LAMA_MODEL_MD5", release.md5)
+    assert cli(["weights", "--name", "big-lama"]) == 0
+    assert (workspace / "weights/big-lama.pt").read_bytes() == release.data
+    assert "python -m pipeline submit --variant lama" in capsys.readouterr().out
