@@ -226,3 +226,39 @@ def test_the_weights_command_takes_the_address_from_iopaints_variables(workspace
     assert cli(["weights", "--name", "big-lama"]) == 0
     assert (workspace / "weights/big-lama.pt").read_bytes() == release.data
     assert "python -m pipeline submit --variant lama" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning on the shared trainer
+
+
+def test_fine_tuning_lowers_the_box_l2_and_predicts_through_the_same_interface(workspace):
+    from pipeline.checkpoint import read_checkpoint
+    from pipeline.cli import main as cli
+    from pipeline.leaderboard import Leaderboard
+
+    torch.manual_seed(0)
+    weights = save(TinyLama(), workspace / "weights/tiny-lama.pt")
+    data = {"root": "data/sample", "truth": "data/sample-truth", "val_count": 6}
+    for name, params in [("tiny-lama", {"zero_shot": True}),
+                         ("tiny-lama-ft", dict(objective="l2", epochs=2, train_batch_size=4, lr=0.01, beta1=0.9,
+                                               lr_decay=0.0, mixed_precision="no", channels_last=False,
+                                               num_workers=0, jitter=0, log_every=2, seed=0))]:
+        (workspace / f"{name}.yaml").write_text(yaml.safe_dump({
+            "name": name, "method": "torchscript", "batch_size": 6, "data": data,
+            "params": {"weights": str(weights), "convention": "lama", **params}}))
+
+    assert cli(["submit", "--variant", "tiny-lama.yaml"]) == 0
+    assert cli(["train", "--variant", "tiny-lama.yaml"]) == 2  # zero_shot: nothing to train
+    assert cli(["train", "--variant", "tiny-lama-ft.yaml"]) == 0
+    assert cli(["submit", "--variant", "tiny-lama-ft.yaml"]) == 0
+
+    rows = Leaderboard().read().set_index("variant")
+    assert rows.loc["tiny-lama-ft", "val_rmse"] < 0.9 * rows.loc["tiny-lama", "val_rmse"]
+    best = read_checkpoint(workspace / "checkpoints/tiny-lama-ft/best.pt")  # the pipeline's own format
+    assert best["format"] == "pipeline-checkpoint/1" and best["config"]["method"] == "torchscript"
+    start = load_torchscript(weights)
+    tuned = best["generator"]
+    assert not torch.equal(tuned["model.body.head.weight"], start.body.head.weight)  # trained from the file's
+    for key in ("running_mean", "running_var"):  # batch norm statistics kept
+        assert torch.equal(tuned[f"model.body.norm.{key}"], getattr(start.body.norm, key))
