@@ -262,3 +262,18 @@ def test_fine_tuning_lowers_the_box_l2_and_predicts_through_the_same_interface(w
     assert not torch.equal(tuned["model.body.head.weight"], start.body.head.weight)  # trained from the file's
     for key in ("running_mean", "running_var"):  # batch norm statistics kept
         assert torch.equal(tuned[f"model.body.norm.{key}"], getattr(start.body.norm, key))
+
+
+def test_the_web_app_lists_a_variant_whose_file_is_here_and_says_how_to_get_the_other(workspace):
+    import shutil
+
+    from pipeline.serve.inpaint import discover_variants
+    from tests.conftest import REPO
+
+    (workspace / "configs").mkdir()
+    for name in ("lama", "migan"):
+        shutil.copy(REPO / "configs" / f"{name}.yaml", workspace / "configs")
+    save(TinyMigan(), workspace / "weights/migan_traced.pt")
+    found = {s.name: s for s in discover_variants(workspace / "configs", data_root=workspace / "data/sample")}
+    assert found["migan"].available, found["migan"].why
+    assert not found["lama"].available and "python -m pipeline weights --name big-lama" in found["lama"].why
