@@ -19,6 +19,7 @@ from pipeline.data.competition import load_competition
 from pipeline.files import DISK_FULL
 from pipeline.leaderboard import Leaderboard
 from pipeline.next_step import NextStep, render_with, shell_word, variant_word
+from pipeline.weights import PUBLISHED
 
 # The Makefile's variable for each option of a command (true flags as VAR=1); a step with any
 # other option is shown as the `python -m pipeline` line even under make.
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if present")
     p = add("weights", cmd_weights, "download a pretrained inpainter's published TorchScript file into weights/ "
             "(resumable, checksum verified)", data=False)
-    p.add_argument("--name", required=True, choices=("big-lama", "migan"), help="big-lama (LaMa) or migan (MI-GAN)")
+    p.add_argument("--name", required=True, choices=tuple(PUBLISHED), help="big-lama (LaMa) or migan (MI-GAN)")
     p.add_argument("--dir", help="folder to put it in (default: weights/)")
     p.add_argument("--url", help="a mirror to download from (default: the published release address)")
     p.add_argument("--md5", help="the mirror's MD5 (default: the published one)")

@@ -277,3 +277,23 @@ def test_the_web_app_lists_a_variant_whose_file_is_here_and_says_how_to_get_the_
     found = {s.name: s for s in discover_variants(workspace / "configs", data_root=workspace / "data/sample")}
     assert found["migan"].available, found["migan"].why
     assert not found["lama"].available and "python -m pipeline weights --name big-lama" in found["lama"].why
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_a_file_traced_in_eval_mode_runs_at_other_sizes_with_its_batch_norm_fixed(tmp_path):
+    # the published files are traced: the trace records batch norm with training=False
+    torch.manual_seed(0)
+    path = tmp_path / "traced-lama.pt"
+    model = TinyLama().eval()
+    torch.jit.trace(model, (torch.rand(1, 3, 64, 64), torch.zeros(1, 1, 64, 64))).save(str(path))
+    net = TorchScriptNet(load_torchscript(path), "lama").train()
+    image, mask = torch.rand(2, 3, 100, 120), torch.zeros(2, 1, 100, 120)
+    mask[..., 10:50, 20:70] = 1
+    out = net(image * (1 - mask), mask)
+    assert out.shape == (2, 3, 100, 120)
+    with torch.no_grad():  # the eager model on the input mirrored to 104 rows, cropped back
+        padded = [torch.cat([t, t[..., 96:100, :].flip(-2)], dim=-2) for t in (image * (1 - mask), mask)]
+        expected = model(*padded)[..., :100, :]
+    torch.testing.assert_close(out.detach(), expected, atol=1e-5, rtol=1e-5)
+    out.mean().backward()
+    assert torch.equal(net.state_dict()["model.body.norm.running_mean"], model.body.norm.running_mean)

@@ -10,6 +10,7 @@ test computes on its own: mode 0 fills the hole with fixed colours, mode 1 with 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -131,5 +132,7 @@ def save(module: nn.Module, path: Path, seed: int = 0) -> Path:
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(module.eval()).save(str(path))
+    with warnings.catch_warnings():  # torch 2.9 calls torch.jit deprecated; the published files are TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module.eval()).save(str(path))
     return path
