@@ -28,7 +28,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium
+.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ sample: setup ## build the offline sample in the real competition's layout (data
 data: setup ## download COMPETITION=<slug> from Kaggle into data/raw/<slug> and validate it
 	@test -n "$(COMPETITION)" || { echo "usage: make data COMPETITION=<slug from the competition URL>"; exit 2; }
 	$(RUN) data --competition $(COMPETITION)
+
+weights: setup ## download NAME=big-lama|migan (IOPaint's TorchScript file) into weights/, checksum verified
+	@test -n "$(NAME)" || { echo "usage: make weights NAME=big-lama|migan"; exit 2; }
+	$(RUN) weights --name $(NAME) $(if $(FORCE),--force,)
 
 predict: setup ## predict the validation split and the test set with VARIANT
 	$(RUN) predict --variant $(VARIANT) $(DATA_ARG) $(CKPT_ARG)

@@ -19,6 +19,7 @@ from pipeline.data.competition import load_competition
 from pipeline.files import DISK_FULL
 from pipeline.leaderboard import Leaderboard
 from pipeline.next_step import NextStep, render_with, shell_word, variant_word
+from pipeline.weights import PUBLISHED
 
 # The Makefile's variable for each option of a command (true flags as VAR=1); a step with any
 # other option is shown as the `python -m pipeline` line even under make.
@@ -26,7 +27,7 @@ MAKE_VARIABLES = {
     "variant": "VARIANT", "data": "DATA", "channels": "CHANNELS", "csv": "CSV", "resume": "RESUME",
     "restart": "RESTART", "epochs": "EPOCHS", "max_steps": "MAX_STEPS", "variants": "VARIANTS",
     "competition": "COMPETITION", "sweep": "SWEEP", "only": "ONLY", "all": "ALL", "force": "FORCE",
-    "host": "HOST", "port": "PORT",
+    "host": "HOST", "port": "PORT", "name": "NAME",
 }
 
 
@@ -115,6 +116,16 @@ def cmd_data(args) -> None:
     download_competition(args.competition, dest, force=args.force)
     _describe(load_competition(data_config({"root": dest, "truth": None})))
     print(f"next: {NextStep('submit', {'variant': 'telea', 'data': dest})}")
+
+
+def cmd_weights(args) -> None:
+    from pipeline.weights import WEIGHTS_DIR, download_weights
+
+    path = download_weights(args.name, Path(args.dir or WEIGHTS_DIR), url=args.url, md5=args.md5, force=args.force)
+    variant = "lama" if args.name == "big-lama" else args.name
+    print(f"{path}: ready")
+    if Path(args.dir or WEIGHTS_DIR) == WEIGHTS_DIR:
+        print(f"next: {NextStep('submit', {'variant': variant})}")
 
 
 def cmd_predict(args) -> None:
@@ -296,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("data", cmd_data, "download a Kaggle competition and validate it", data=False)
     p.add_argument("--competition", required=True, help="the competition's slug (from its URL)")
     p.add_argument("--force", action="store_true", help="download again even if present")
+    p = add("weights", cmd_weights, "download a pretrained inpainter's published TorchScript file into weights/ "
+            "(resumable, checksum verified)", data=False)
+    p.add_argument("--name", required=True, choices=tuple(PUBLISHED), help="big-lama (LaMa) or migan (MI-GAN)")
+    p.add_argument("--dir", help="folder to put it in (default: weights/)")
+    p.add_argument("--url", help="a mirror to download from (default: the published release address)")
+    p.add_argument("--md5", help="the mirror's MD5 (default: the published one)")
+    p.add_argument("--force", action="store_true", help="download again even if the file is here")
     p = add("predict", cmd_predict, "predict the validation split and the test set", variant=True)
     p.add_argument("--splits", default="val,test")
     add("submit", cmd_submit, "predict, write and validate the submission CSV, score, record", variant=True)

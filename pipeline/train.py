@@ -34,7 +34,7 @@ from pipeline.inpainters.base import inpainter_class
 from pipeline.inpainters.trainable import CHECKPOINT_DIR, Family, TrainableConfig, set_lr
 
 RUNS_DIR = Path("runs")
-TRAINABLE = ("pix2pix", "pconv", "glcic")
+TRAINABLE = ("pix2pix", "pconv", "glcic", "torchscript")
 # params that may change between a run and its resumption; any other difference is another run
 RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "num_workers", "threads", "log_every",
                      "checkpoint_every", "val_every", "checkpoint", "tta_flip", "compile")
@@ -318,6 +318,7 @@ def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
         raise ConfigError("--resume continues the last run, --restart replaces it: pass one of them")
     family = trainable_family(variant)
     config = family.config(variant)
+    family.check_trainable(variant, config)
     params = config.params()
     ckpt_dir = CHECKPOINT_DIR / variant.name
     run = Run(variant, family, config, params, ckpt_dir / "last.pt", ckpt_dir / "best.pt", RUNS_DIR / variant.name)

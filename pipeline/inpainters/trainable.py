@@ -1,11 +1,12 @@
 """What a trainable family supplies to the shared trainer (pipeline/train.py), the settings every
 family shares, and the Inpainter that predicts with a trained generator.
 
-A family (pix2pix.py, pconv.py, glcic.py) is a `Family` subclass:
+A family (pix2pix.py, pconv.py, glcic.py, torchscript.py) is a `Family` subclass:
 
     NetworkParams, LossParams   its own params (dataclasses); the network's must match a checkpoint
     generator_keys              the params a best.pt must agree on to be loaded for prediction
     hole_fill(config)           what fills the boxes before the networks see them (in the loader)
+    check_trainable(variant, config)  training's own checks (torchscript: a zero_shot variant refuses)
     build(config)               its networks by name: {"generator": ..., ["discriminator": ...]}
     make_step(config, acc, nets, opts)  the step function: step(batch, epoch) trains on one batch
                                  and returns its losses by tag
@@ -137,6 +138,9 @@ class Family:
 
     def check(self, variant: VariantConfig, config: TrainableConfig) -> None:
         """The family's own checks of its params (raise ConfigError naming the key)."""
+
+    def check_trainable(self, variant: VariantConfig, config: TrainableConfig) -> None:
+        """Checks only training needs (a variant that predicts without training refuses here)."""
 
     # --- what the trainer calls
 
