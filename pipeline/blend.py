@@ -27,8 +27,11 @@ import yaml
 from pipeline.config import ConfigError, DataConfig, VariantConfig, parse_params, variant_from_dict
 from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import Competition, load_competition, read_image
+from pipeline.data.predictions import PREDICTIONS_DIR, prediction_dir
+from pipeline.files import atomic_write
 from pipeline.inpainters.base import InpaintBatch, Inpainter
-from pipeline.predict import PREDICTIONS_DIR, prediction_dir, split_fingerprint, truth_boxes
+from pipeline.next_step import NextStep
+from pipeline.score import split_fingerprint, truth_boxes
 
 SPLITS = ("val", "test")
 
@@ -109,13 +112,14 @@ def part_folders(parts: Sequence[str], competition: Competition, splits: Sequenc
         for part in parts:
             folder = prediction_dir(part, split, competition, root)
             run = folder / "run.json"
+            submit = NextStep("submit", {"variant": part, "data": competition.root})
             if not run.exists():
                 raise ConfigError(f"{part} has no {split} predictions for {competition.root} ({folder}): "
-                                  f"submit it on this data before blending it")
+                                  f"run `{submit}` before blending it")
             if json.loads(run.read_text()).get("split_fingerprint") != expected:
                 raise ConfigError(f"{part}: its {split} predictions ({folder}) were made on another split or "
                                   f"competition than {competition.root} holds now (other data, boxes, "
-                                  f"data.val_count / val_seed): submit it again on this data, or leave it out")
+                                  f"data.val_count / val_seed): run `{submit}` again, or leave it out")
             folders.setdefault(part, {})[split] = folder
     return folders
 
@@ -175,11 +179,9 @@ def blend_variant(fit: BlendFit, data: DataConfig, name: str, per_channel: bool)
 def write_config(variant: VariantConfig, folder: Path) -> Path:
     """submissions/<name>.yaml: the blend's config, for score / kaggle-submit / submit --variant <file>."""
     path = Path(folder) / f"{variant.name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("# written by the blend command: the parts' validation predictions fitted the weights\n"
-                   + yaml.safe_dump(variant.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text("# written by the blend command: the parts' validation predictions fitted the weights\n"
+                       + yaml.safe_dump(variant.to_dict(), sort_keys=False))
     return path
 
 

@@ -15,7 +15,8 @@ from pipeline.config import DataConfig
 from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import load_competition, read_image
 from pipeline.leaderboard import Leaderboard
-from pipeline.predict import prediction_dir, truth_path
+from pipeline.data.predictions import prediction_dir
+from pipeline.score import truth_path
 from pipeline.submission import validate_submission
 from tests.conftest import REPO
 

@@ -14,7 +14,7 @@ CPU = torch.device("cpu")
 
 
 def _config(**params):
-    return p2p.pix2pix_config(VariantConfig(name="t", method="pix2pix", params={"hole_init": "zero", **params}))
+    return p2p.pix2pix_config(VariantConfig(name="t", method="pix2pix", params={"hole_fill": "zero", **params}))
 
 
 def _inpainter(generator, **params):
@@ -149,7 +149,7 @@ def test_samples_are_the_mean_of_the_single_seeded_runs():
 def test_sampling_needs_dropout():
     with pytest.raises(ConfigError, match="samples.*mc_dropout: true"):
         _config(samples=3)
-    with pytest.raises(ConfigError, match="samples.*at least 1"):
+    with pytest.raises(ConfigError, match="samples: expected a positive integer"):
         _config(samples=0)
     with pytest.raises(ConfigError, match="no dropout layers"):
         _inpainter(SymmetricConv(), mc_dropout=True)
