@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.boxes import Box
 from pipeline.inpainters.base import InpaintBatch, build_inpainter, composite, preflight
 from pipeline.inpainters.torchscript import TorchScriptNet, load_torchscript
-from tests.conftest import small_data_config
 from tests.tiny_torchscript import (LAMA_FILL, MIGAN_FILL, LamaProbe, MiganProbe, TinyLama, TinyMigan,
                                     save)
 
