@@ -28,7 +28,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium
+.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium blend
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -73,6 +73,10 @@ leaderboard: setup ## print the leaderboard, ranked per validation split (ALL=1:
 
 compare: setup ## write submissions/report.html + .png: table, RMSE chart, per class, gallery (VARIANTS=a,b)
 	$(RUN) compare $(if $(VARIANTS),--variants $(VARIANTS),) $(DATA_ARG)
+
+blend: setup ## fit weights of VARIANTS=a,b,c on validation (PER_CHANNEL=1: per colour), submit the blend (NAME=...)
+	@test -n "$(VARIANTS)" || { echo "usage: make blend VARIANTS=a,b[,c...] [NAME=<blend name>] [PER_CHANNEL=1] [DATA=<folder>]"; exit 2; }
+	$(RUN) blend --variants $(VARIANTS) $(if $(NAME),--name $(NAME),) $(if $(PER_CHANNEL),--per-channel,) $(DATA_ARG)
 
 sd: setup ## zero-shot SD inpainting: one submission + leaderboard row per variant of SWEEP (ONLY=a,b GPUS=n)
 	$(SD_RUN) sd --sweep $(SWEEP) $(if $(ONLY),--only $(ONLY),) $(DATA_ARG)

@@ -197,6 +197,21 @@ def cmd_sd(args) -> None:
         print(leaderboard.format(variants=[v.name for v in variants]))
 
 
+def cmd_blend(args) -> None:
+    from pipeline.blend import format_fit, make_blend
+
+    parts = [v.strip() for v in args.variants.split(",") if v.strip()]
+    try:  # the competition settings of the first part's config, when it has one in configs/
+        data = _with_channels(load_variant(parts[0], data_root=args.data).data, args)
+    except (ConfigError, IndexError):
+        data = _data_config(args)
+    _, variant, config, entry = make_blend(parts, data, Leaderboard(), name=args.name, per_channel=args.per_channel,
+                                           on_fit=lambda fit: print(format_fit(fit)))
+    _print_entry(variant, entry)
+    print(f"{variant.name}'s config is {config}: next `{NextStep('score', {'variant': config})}`, or "
+          f"`{NextStep('kaggle-submit', {'variant': config, 'competition': '<slug>'})}`")
+
+
 def cmd_validate(args) -> None:
     from pipeline.submission import SubmissionError, validate_submission
 
@@ -342,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="one variant instead of a sweep: configs/<name>.yaml or a YAML path")
     p.add_argument("--only", help="comma-separated variant names of the sweep to run (default: all)")
     p.add_argument("--param", action="append", help="override a method parameter of every variant: key=value")
+    p = add("blend", cmd_blend, "fit non-negative weights summing to one on the variants' validation box pixels, "
+            "report them cross-fitted, and submit the blend as a variant")
+    p.add_argument("--variants", required=True, help="comma-separated variant names, each submitted on this data")
+    p.add_argument("--name", help="the blend's variant name (default: blend-<a>_<b>_...)")
+    p.add_argument("--per-channel", action="store_true", help="one weight per part and colour channel")
     p = add("compare", cmd_compare, "write the comparison report (HTML + PNG) from the leaderboard")
     p.add_argument("--variants", help="comma-separated variant names (default: every variant on the leaderboard)")
     p.add_argument("--images", type=int, default=6, help="gallery rows (validation images)")

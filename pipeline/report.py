@@ -127,6 +127,11 @@ def config_summary(row: pd.Series) -> str:
     """The variant's method and params in one line, e.g. 'telea radius=5.0'."""
     config = _json(row.get("config"))
     params = config.get("params") or {}
+    if config.get("method") == "blend" and params.get("variants") and params.get("weights"):
+        from pipeline.blend import describe_weights
+
+        return (f"blend {describe_weights(params['variants'], params['weights'])}; cross-fitted validation RMSE "
+                f"{params.get('cross_fit_rmse', float('nan')):.4f}")
     parts = [str(config.get("method") or row["method"])]
     parts += [f"{key}={json.dumps(value) if isinstance(value, (dict, list, str)) else value}"
               for key, value in sorted(params.items())]

@@ -37,7 +37,8 @@ RUNS_DIR = Path("runs")
 TRAINABLE = ("pix2pix", "pconv", "glcic", "torchscript")
 # params that may change between a run and its resumption; any other difference is another run
 RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "num_workers", "threads", "log_every",
-                     "checkpoint_every", "val_every", "checkpoint", "tta_flip", "compile")
+                     "checkpoint_every", "val_every", "checkpoint", "tta", "mc_dropout", "samples",
+                     "sample_seed", "compile")
 GRID_IMAGES = 4  # validation images shown in TensorBoard
 
 

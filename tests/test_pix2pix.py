@@ -95,7 +95,7 @@ def test_flip_tta_averages_the_mirrored_prediction():
     fill = torch.rand(2, 3, 16, 20) * 2 - 1
     mask = torch.zeros(2, 1, 16, 20)
     plain = p2p.Pix2PixInpainter(FillPlusRamp(), config, device=torch.device("cpu"))
-    config.inference.tta_flip = True
+    config.inference.tta = "flip"
     tta = p2p.Pix2PixInpainter(FillPlusRamp(), config, device=torch.device("cpu"))
     assert torch.allclose(plain.predict(fill, mask), fill + torch.linspace(-1, 1, 20), atol=1e-6)
     assert torch.allclose(tta.predict(fill, mask), fill, atol=1e-6)

@@ -228,6 +228,17 @@ def test_same_seed_same_output_whatever_the_batch(workspace, competition, tiny_m
     assert not np.array_equal(other, a)
 
 
+def test_samples_are_the_mean_of_the_single_seeded_runs(workspace, competition, tiny_model):
+    batch = first_batch(competition, 1)
+    mean = build_inpainter(sd_variant(workspace, tiny_model, seed=5, samples=3, **FAST)).inpaint(batch)
+    singles = [build_inpainter(sd_variant(workspace, tiny_model, seed=seed, **FAST)).inpaint(batch) for seed in (5, 6, 7)]
+    assert not np.array_equal(singles[0], singles[1])
+    expected = np.round(np.mean(np.stack(singles).astype(np.float64), axis=0)).astype(np.uint8)
+    assert np.array_equal(mean, expected)
+    with pytest.raises(ConfigError, match="samples"):
+        sd.SDInpainter.check_params(sd_variant(workspace, tiny_model, samples=0))
+
+
 def test_colour_correction_removes_the_drift_next_to_the_box():
     known = np.full((32, 32, 3), 100, np.uint8)
     box = Box(8, 8, 10, 10)

@@ -89,6 +89,7 @@ METHODS = {
     "pconv": "pipeline.inpainters.pconv:PConvInpainter",
     "glcic": "pipeline.inpainters.glcic:GLCICInpainter",
     "torchscript": "pipeline.inpainters.torchscript:TorchScriptInpainter",
+    "blend": "pipeline.blend:BlendInpainter",  # the parts' predictions weighted (pipeline/blend.py)
 }
 
 

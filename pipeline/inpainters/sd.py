@@ -1,12 +1,12 @@
 """Zero-shot Stable Diffusion inpainting (diffusers) at the model's resolution (512 by default):
 the image is upscaled whole, or a crop around each box (`params.resize`), pre-filled, inpainted
-with a prompt from the image's class, and brought back; seeds per image, an optional colour
-correction from the ring around each box, and the weights checked before any work.
+with a prompt from the image's class, and brought back; seeds per image (`samples: N`: the mean
+of N seeded predictions, seeds seed .. seed + N - 1), an optional colour correction from the ring
+around each box, and the weights checked before any work.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import string
@@ -23,6 +23,7 @@ from pipeline.data.boxes import Box
 from pipeline.devices import execution_device
 from pipeline.inpainters.base import InpaintBatch, Inpainter
 from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+from pipeline.inpainters.samples import mean_image, seed_for
 from pipeline.next_step import NextStep
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
@@ -60,6 +61,7 @@ class SDParams:
     guidance_scale: float = 7.5
     strength: float = 1.0  # < 1 starts from the noised pre-filled image instead of pure noise
     seed: int = 0
+    samples: int = 1  # the mean of this many predictions per image, sample k seeded from (seed + k, image id)
     prompt: str = "Real image of {a_animal}, no text"
     negative_prompt: str = ""
     unknown_animal: str = "animal"  # what {animal} becomes when the class is not known
@@ -120,10 +122,7 @@ def fill_prompt(template: str, label: str | None, names: dict | None = None, unk
 
 # --- seeds -------------------------------------------------------------------------------------
 
-def seed_for(seed: int, image_id: str, box: int | None = None) -> int:
-    """A 63-bit seed from (seed, image id[, box]): the same whatever batch or process runs it."""
-    key = f"{seed}/{image_id}" + ("" if box is None else f"/{box}")
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") & (2**63 - 1)
+# seed_for (a 63-bit seed from (seed, image id[, box])) lives in samples.py, shared with dropout sampling
 
 
 # --- where the weights are -------------------------------------------------------------------
@@ -391,6 +390,8 @@ class SDInpainter(Inpainter):
             raise ConfigError(f"{where}.size: {params.size} must be a positive multiple of 8")
         if params.steps < 1:
             raise ConfigError(f"{where}.steps: must be at least 1")
+        if params.samples < 1:
+            raise ConfigError(f"{where}.samples: must be at least 1")
         if not 0.0 < params.strength <= 1.0:
             raise ConfigError(f"{where}.strength: {params.strength} must be in (0, 1]")
         for name in ("crop_padding", "mask_dilation", "ring_width"):
@@ -448,7 +449,7 @@ class SDInpainter(Inpainter):
             guidance_scale=p.guidance_scale, strength=p.strength, generator=generators, **extra,
         ).images
 
-    def _whole(self, pipe, context: np.ndarray, model_masks: np.ndarray, batch: InpaintBatch) -> np.ndarray:
+    def _whole(self, pipe, context: np.ndarray, model_masks: np.ndarray, batch: InpaintBatch, seed: int) -> np.ndarray:
         """All images of the batch at once, upscaled to size; returns the model's output, resized back."""
         import torch
 
@@ -459,14 +460,14 @@ class SDInpainter(Inpainter):
         image = torch.from_numpy(up).permute(0, 3, 1, 2).float().div(255).contiguous()
         mask = torch.from_numpy(up_masks).float().unsqueeze(1).contiguous()
         prompts, negatives = self._prompts(batch.labels)
-        generators = [torch.Generator("cpu").manual_seed(seed_for(p.seed, i)) for i in batch.image_ids]
+        generators = [torch.Generator("cpu").manual_seed(seed_for(seed, i)) for i in batch.image_ids]
         out = self._call(pipe, prompts, negatives, image, mask, generators, output_type="np")
         return np.stack([
             np.clip(np.round(cv2.resize(np.asarray(o, np.float32), (w, h), interpolation=cv2.INTER_AREA) * 255), 0, 255)
             for o in out
         ]).astype(np.uint8)
 
-    def _crop(self, pipe, context: np.ndarray, batch: InpaintBatch) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(self, pipe, context: np.ndarray, batch: InpaintBatch, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """One box at a time through padding_mask_crop; returns (the model's output, where it is the model's)."""
         import torch
         from PIL import Image
@@ -478,7 +479,7 @@ class SDInpainter(Inpainter):
             current = context[n].copy()
             for b, box in enumerate(boxes):
                 grown = dilate(box_mask(box, current.shape[:2]), p.mask_dilation)
-                generator = torch.Generator("cpu").manual_seed(seed_for(p.seed, image_id, b))
+                generator = torch.Generator("cpu").manual_seed(seed_for(seed, image_id, b))
                 result = self._call(
                     pipe, prompts[n], negatives[n], Image.fromarray(current),
                     Image.fromarray(grown.astype(np.uint8) * 255), generator,
@@ -491,16 +492,23 @@ class SDInpainter(Inpainter):
         return raw, regenerated
 
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
+        """One prediction per image seeded from (seed, image id), or the mean of `samples` of them."""
+        seeds = [self.params.seed + k for k in range(self.params.samples)]
+        if len(seeds) == 1:
+            return self._inpaint_once(batch, seeds[0])
+        return mean_image([self._inpaint_once(batch, seed) for seed in seeds])
+
+    def _inpaint_once(self, batch: InpaintBatch, seed: int) -> np.ndarray:
         p = self.params
         images, masks = batch.masked_images, batch.masks
         context = fill_holes(images, masks, p.hole_fill)
         model_masks = np.stack([dilate(m, p.mask_dilation) for m in masks])
         pipe = self._prepare_pipe()
         if p.resize == "whole":
-            raw = self._whole(pipe, context, model_masks, batch)
+            raw = self._whole(pipe, context, model_masks, batch, seed)
             regenerated = np.ones(masks.shape, bool)
         else:
-            raw, regenerated = self._crop(pipe, context, batch)
+            raw, regenerated = self._crop(pipe, context, batch, seed)
         out = images.copy()
         out[masks] = raw[masks]
         if p.colour_correction:

@@ -29,10 +29,13 @@ import pydantic
 import torch
 from torch import nn
 
-from pipeline.config import CHECKED, ConfigError, Fraction, NonNegative, Positive, VariantConfig, parse_params
+from pipeline.config import (CHECKED, ConfigError, Fraction, NonNegative, Positive, VariantConfig, param_where,
+                             parse_params)
 from pipeline.data.dataset import to_image, to_tensor
 from pipeline.devices import execution_device
 from pipeline.inpainters.base import InpaintBatch, Inpainter
+from pipeline.inpainters.samples import mean_image, seed_for
+from pipeline.inpainters.tta import averaged
 
 CHECKPOINT_DIR = Path("checkpoints")
 # checkpoint key of each network's optimizer (the names pix2pix checkpoints have always used)
@@ -75,7 +78,11 @@ class InferenceParams:
     """How the trained generator is used by `predict` / `submit`."""
 
     checkpoint: str = ""  # empty: checkpoints/<variant>/best.pt
-    tta_flip: bool = False  # average the prediction with that of the mirrored image
+    # none | flip | d4: the prediction averaged over a mirror / the 8 flips and rotations (tta.py)
+    tta: Literal["none", "flip", "d4"] = "none"
+    mc_dropout: bool = False  # keep dropout on at inference: each prediction is a sample (needs dropout layers)
+    samples: Positive = 1  # with mc_dropout: the mean of this many samples per image, sample k seeded (sample_seed + k, image id)
+    sample_seed: int = 0
 
 
 @dataclass
@@ -123,6 +130,9 @@ class Family:
         classes = (self.NetworkParams, self.LossParams, TrainParams, InferenceParams)
         fields = [{f.name for f in dataclasses.fields(cls)} for cls in classes]
         known = set().union(*fields)
+        if "tta_flip" in variant.params:  # renamed when d4 came: say so rather than "unknown key"
+            raise ConfigError(f"{param_where(variant, 'tta_flip')}: replaced by params.tta: none | flip | d4 "
+                              "(tta_flip: true is tta: flip, false is tta: none)")
         unknown = sorted(set(variant.params) - known)
         if unknown:
             raise ConfigError(f"{variant.source or variant.name}: params: unknown key(s) {', '.join(unknown)}; "
@@ -133,6 +143,9 @@ class Family:
         if train.jpeg_quality_low > train.jpeg_quality_high:
             raise ConfigError(f"{variant.source or variant.name}: params.jpeg_quality_low/high: need "
                               f"1 <= low <= high <= 100, got {train.jpeg_quality_low}, {train.jpeg_quality_high}")
+        if config.inference.samples > 1 and not config.inference.mc_dropout:
+            raise ConfigError(f"{param_where(variant, 'samples')}: {config.inference.samples} samples of a deterministic "
+                              "network are all the same; set mc_dropout: true (a network with dropout) or samples: 1")
         self.check(variant, config)
         return config
 
@@ -228,10 +241,21 @@ def load_generator(family: Family, variant: VariantConfig, config: TrainableConf
     return generator
 
 
+def dropout_layers(family: Family, generator: nn.Module) -> list[nn.Module]:
+    """The generator's dropout layers, what `mc_dropout` samples; ConfigError when it has none."""
+    layers = [m for m in generator.modules() if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d))]
+    if not layers:
+        raise ConfigError(f"params.mc_dropout: this {family.method} generator has no dropout layers "
+                          "(pix2pix: dropout: true), so there is nothing to sample")
+    return layers
+
+
 class TrainedInpainter(Inpainter):
     """A family's trained generator, from `params.checkpoint` (default checkpoints/<variant>/best.pt).
 
     Subclasses set `family`. On several processes each one's model sits on its own device.
+    `tta` averages each prediction over flips / rotations (tta.py); `mc_dropout` keeps dropout
+    on, one seeded sample per image, or the mean of `samples` of them (samples.py).
     """
 
     family: Family
@@ -240,7 +264,10 @@ class TrainedInpainter(Inpainter):
         self.device = device or execution_device()
         self.generator = generator.to(self.device).eval()
         self.fill = self.family.hole_fill(config)
-        self.tta_flip = config.inference.tta_flip
+        self.inference = dataclasses.replace(config.inference)  # its own copy: settings fixed at construction
+        if self.inference.mc_dropout:
+            for module in dropout_layers(self.family, self.generator):
+                module.train()  # the rest stays in eval mode (normalisation statistics fixed)
 
     @classmethod
     def from_config(cls, variant: VariantConfig) -> "TrainedInpainter":
@@ -254,21 +281,34 @@ class TrainedInpainter(Inpainter):
     @classmethod
     def preflight(cls, variant: VariantConfig) -> None:
         """Before any prediction: the params are valid and the checkpoint loads into this network."""
-        load_generator(cls.family, variant, cls.family.config(variant))
+        config = cls.family.config(variant)
+        generator = load_generator(cls.family, variant, config)
+        if config.inference.mc_dropout:
+            dropout_layers(cls.family, generator)
 
     @torch.inference_mode()
     def predict(self, filled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """filled (N, 3, H, W) in -1..1, mask (N, 1, H, W) -> prediction (N, 3, H, W) in -1..1."""
-        prediction = self.family.generate(self.generator, filled, mask)
-        if self.tta_flip:
-            flipped = self.family.generate(self.generator, filled.flip(-1), mask.flip(-1))
-            prediction = (prediction + flipped.flip(-1)) / 2
-        return prediction
+        return averaged(lambda image, holes: self.family.generate(self.generator, image, holes), filled, mask,
+                        self.inference.tta)
 
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
         images = batch.masked_images if self.fill is None else [
             self.fill(image, mask) for image, mask in zip(batch.masked_images, batch.masks)]
         filled = torch.stack([to_tensor(image) for image in images])
         mask = torch.from_numpy(batch.masks[:, None].astype(np.float32))
-        prediction = self.predict(filled.to(self.device), mask.to(self.device))
-        return to_image(prediction)
+        filled, mask = filled.to(self.device), mask.to(self.device)
+        if not self.inference.mc_dropout:
+            return to_image(self.predict(filled, mask))
+        # image by image, so that a sample's dropout masks depend on its seed, not on its batch
+        seed, samples = self.inference.sample_seed, range(self.inference.samples)
+        return np.stack([
+            mean_image([self._sample(filled[i:i + 1], mask[i:i + 1], seed_for(seed + k, image_id)) for k in samples])
+            for i, image_id in enumerate(batch.image_ids)])
+
+    def _sample(self, filled: torch.Tensor, mask: torch.Tensor, seed: int) -> np.ndarray:
+        """One prediction of one image with dropout masks drawn from `seed`; uint8 (H, W, 3)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the caller's random state is left as it was
+            torch.manual_seed(seed)
+            return to_image(self.predict(filled, mask))[0]
