@@ -490,3 +490,37 @@ def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
     return a == b
+
+
+def test_batch_4_equals_batch_2_accumulated_twice_and_steps_count_updates(workspace):
+    # no batch norm (instance norm is per image), no dropout: the 4 images give the same gradient
+    # either way, up to float summation order. Adam's first update is about lr x sign(gradient),
+    # so a weight whose gradient is near 0 may move a little differently: within 0.1 x lr here,
+    # where batch 2 alone (half the images) moves weights by up to 2 x lr
+    updated = {}
+    for name, batch, accum in (("b4", 4, 1), ("b2x2", 2, 2), ("b2", 2, 1)):
+        write_variant(workspace, name, objective="l2", norm="instance", dropout=False, hole_fill="mean",
+                      mixed_precision="no", train_batch_size=batch, grad_accum_steps=accum)
+        train(load_variant(workspace / f"{name}.yaml"), max_steps=1, progress=False)
+        updated[name] = read_checkpoint(workspace / f"checkpoints/{name}/last.pt")["generator"]
+
+    def largest_difference(a, b):
+        return max((a[key] - b[key]).abs().max().item() for key in a if a[key].is_floating_point())
+
+    lr = TINY["lr"]
+    assert largest_difference(updated["b4"], updated["b2x2"]) < 0.1 * lr
+    assert largest_difference(updated["b4"], updated["b2"]) > lr
+
+    # 8 training images, batches of 2, 3 per step: 1 step an epoch, the 4th batch left out; the
+    # step counter, the schedule, logs, validation and the epoch's end count optimizer steps
+    path = write_variant(workspace, "accum", objective="l2", hole_fill="mean", mixed_precision="no",
+                         train_batch_size=2, grad_accum_steps=3, log_every=1, lr_decay=1.0)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["val_count"] = 40  # of the sample's 48 images
+    path.write_text(yaml.safe_dump(raw))
+    train(load_variant(path), progress=False)
+    last = read_checkpoint(workspace / "checkpoints/accum/last.pt")
+    assert (last["step"], last["epoch"], last["batches_done"]) == (2, 2, 0)
+    assert [step for step, _ in _scalars(workspace / "runs/accum", "val/rmse")] == [1, 2]
+    assert [(step, pytest.approx(lr)) for step, lr in _scalars(workspace / "runs/accum", "lr")] == [
+        (1, TINY["lr"]), (2, TINY["lr"] / 2)]  # decays over the 2 steps: lr at step 0, then half
