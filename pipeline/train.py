@@ -222,7 +222,8 @@ def choose_precision(requested: str, device: torch.device, where: str) -> tuple[
     if requested == "bf16" and not native and device.type == "cpu":
         return "no", "this CPU has no native bf16 (avx512_bf16 / AMX); training in fp32 instead of bf16"
     if requested == "fp16" and device.type == "cpu":
-        return "fp16", "as configured: fp16 autocast with a loss scaler on the CPU (slower than bf16 or fp32; for tests)"
+        return "fp16", ("as configured: fp16 autocast with a loss scaler on the CPU "
+                        "(slower than bf16 or fp32; for tests)")
     return requested, "as configured"
 
 
@@ -384,8 +385,9 @@ def load_data(run: Run, progress: bool) -> Competition:
                           "validation split to choose best.pt")
     hp = run.hp
     if len(competition.train) < hp.train_batch_size * hp.grad_accum_steps:
-        raise ConfigError(f"{competition.root}: {len(competition.train)} training images, fewer than one optimizer "
-                          f"step's params.train_batch_size={hp.train_batch_size} x grad_accum_steps={hp.grad_accum_steps}")
+        raise ConfigError(f"{competition.root}: {len(competition.train)} training images, fewer than one "
+                          f"optimizer step's params.train_batch_size={hp.train_batch_size} x "
+                          f"grad_accum_steps={hp.grad_accum_steps}")
     check_training_images(competition.train + competition.val, run.variant.data.image_size, progress)
     return competition
 
@@ -394,14 +396,14 @@ def start_accelerator(run: Run) -> str:
     """Accelerate with the precision this machine can run and the run's gradient accumulation;
     threads; returns the precision (printed with the reason by `schedule`)."""
     device = execution_device(per_process=False)
-    precision, run.precision_why = choose_precision(run.hp.mixed_precision, device, run.variant.source or run.variant.name)
-    run.precision = precision
-    run.accelerator = _accelerator(precision, run.hp.grad_accum_steps)
+    where = run.variant.source or run.variant.name
+    run.precision, run.precision_why = choose_precision(run.hp.mixed_precision, device, where)
+    run.accelerator = _accelerator(run.precision, run.hp.grad_accum_steps)
     if run.accelerator.device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", run.accelerator.num_processes))
         torch.set_num_threads(cpu_threads(run.hp.threads, run.hp.num_workers, local))
     torch.backends.cudnn.benchmark = True
-    return precision
+    return run.precision
 
 
 def build_loaders(run: Run, competition: Competition) -> tuple[DataLoader, DataLoader, int]:

@@ -445,6 +445,12 @@ def test_fp16_with_accumulation_resumes_to_the_same_weights_and_loss_scale(works
     reference = read_checkpoint(workspace / "checkpoints/resume/last.pt")
     assert reference["step"] == 4 and reference["batches_done"] == 8 and reference["precision"] == "fp16"
     assert [step for step, _ in _scalars(workspace / "runs/resume", "loss/box_l1")] == [1, 2, 3, 4]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workspace / "runs/resume"))
+    events.Reload()
+    logged = events.Tensors("precision/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert logged.startswith("fp16 (as configured: fp16 autocast with a loss scaler on the CPU")
 
     shutil.rmtree(workspace / "checkpoints")
     shutil.rmtree(workspace / "runs")
