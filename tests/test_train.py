@@ -530,3 +530,14 @@ def test_batch_4_equals_batch_2_accumulated_twice_and_steps_count_updates(worksp
     assert [step for step, _ in _scalars(workspace / "runs/accum", "val/rmse")] == [1, 2]
     assert [(step, pytest.approx(lr)) for step, lr in _scalars(workspace / "runs/accum", "lr")] == [
         (1, TINY["lr"]), (2, TINY["lr"] / 2)]  # decays over the 2 steps: lr at step 0, then half
+
+
+def test_a_run_saved_before_grad_accum_steps_and_precision_existed_resumes(trained_workspace):
+    from pipeline.checkpoint import save_checkpoint
+
+    last = trained_workspace / "checkpoints/tiny/last.pt"
+    state = read_checkpoint(last)
+    del state["config"]["params"]["grad_accum_steps"], state["precision"]
+    save_checkpoint(last, state)
+    result = train(load_variant(trained_workspace / "tiny.yaml"), resume=True, progress=False)
+    assert result.steps == 20 and result.epochs_done == 2  # nothing left to train, and no refusal
