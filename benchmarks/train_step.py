@@ -158,12 +158,12 @@ def our_config(precision: str | None = None, channels_last: bool | None = None):
 
 def our_step(precision: str | None = None, channels_last: bool | None = None):
     """(Pix2PixStep, precision used) built the way pipeline.train builds it."""
-    from pipeline.train import _accelerator, _mixed_precision
+    from pipeline.devices import execution_device
+    from pipeline.train import _accelerator, choose_precision
 
     config = our_config(precision, channels_last)
-    precision, note = _mixed_precision(config.train.mixed_precision)
-    if note:
-        print(f"note: {note}")
+    precision, why = choose_precision(config.train.mixed_precision, execution_device(per_process=False), "pix2pix")
+    print(f"precision {precision}: {why}")
     accelerator = _accelerator(precision)
     nets = p2p.FAMILY.build(config)
     optimizers = p2p.FAMILY.optimizers(config, nets)
@@ -171,7 +171,15 @@ def our_step(precision: str | None = None, channels_last: bool | None = None):
     for model in prepared[:2]:
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     nets, optimizers = dict(zip(nets, prepared[:2])), dict(zip(optimizers, prepared[2:]))
-    return p2p.FAMILY.make_step(config, accelerator, nets, optimizers), precision
+    step = p2p.FAMILY.make_step(config, accelerator, nets, optimizers)
+
+    def step_and_scale(batch, epoch=0):
+        losses = step(batch, epoch)
+        if accelerator.scaler is not None:  # fp16: the loss scale moves once both optimizers stepped
+            accelerator.scaler.step_done()
+        return losses
+
+    return step_and_scale, precision
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,3 +30,26 @@ def execution_device(requested: str = "auto", per_process: bool = True) -> torch
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU of compute capability 8.0 or more
+    (Ampere on: A100, A10, L4, RTX 30xx; the T4 is 7.5, the V100 7.0, the P100 6.0 and emulate it,
+    slower than fp32), a ROCm GPU, or a CPU with avx512_bf16 or AMX (through oneDNN)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+def describe(device: torch.device) -> str:
+    """'Tesla T4 (compute capability 7.5)', 'the CPU', ...: the device in a message."""
+    import torch
+
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    return f"the {device.type.upper()}"

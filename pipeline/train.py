@@ -29,7 +29,7 @@ from pipeline.checkpoint import (CheckpointError, check_same_config, load_state_
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
 from pipeline.data.dataset import AugmentConfig, BoxInpaintingDataset, to_image
-from pipeline.devices import execution_device
+from pipeline.devices import describe, execution_device, native_bf16
 from pipeline.inpainters.base import inpainter_class
 from pipeline.inpainters.trainable import CHECKPOINT_DIR, Family, TrainableConfig, set_lr
 
@@ -204,20 +204,50 @@ def _any(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
 
 
-def _mixed_precision(requested: str) -> tuple[str, str | None]:
-    """The precision this machine can run, and a note when it differs from the config's."""
-    if requested == "fp16" and not torch.cuda.is_available():
-        return "no", "fp16 needs a GPU; training in fp32"
-    if requested == "bf16" and not torch.cuda.is_available() and not torch.backends.mkldnn.is_available():
-        return "no", "this CPU build has no oneDNN for bf16; training in fp32"
-    if requested == "bf16" and not torch.cuda.is_available() and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "no", "this CPU has no native bf16 (avx512_bf16 / AMX); training in fp32"
-    return requested, None
+def choose_precision(requested: str, device: torch.device, where: str) -> tuple[str, str]:
+    """(the precision to train in: no / bf16 / fp16, why) for params.mixed_precision `requested` on
+    `device`. auto: bf16 where the device has it natively, fp16 with a loss scaler on a CUDA GPU
+    without it, else fp32. `where` (the config file) starts the ConfigError for bf16 on a GPU
+    that only emulates it."""
+    native = native_bf16(device)
+    if requested == "auto":
+        if native:
+            return "bf16", f"auto: {describe(device)} has native bf16"
+        if device.type == "cuda":
+            return "fp16", f"auto: {describe(device)} has no native bf16; fp16 with a loss scaler"
+        return "no", f"auto: {describe(device)} has no native bf16 (avx512_bf16 / AMX on a CPU); fp32"
+    if requested == "bf16" and not native and device.type == "cuda":
+        raise ConfigError(f"{where}: params.mixed_precision: bf16: {describe(device)} has no native bf16 "
+                          "(compute capability 8.0 and up has), so bf16 would run emulated, slower than fp32; "
+                          "use auto (here: fp16 with a loss scaler), fp16, or no (fp32)")
+    if requested == "bf16" and not native and device.type == "cpu":
+        return "no", "this CPU has no native bf16 (avx512_bf16 / AMX); training in fp32 instead of bf16"
+    if requested == "fp16" and device.type == "cpu":
+        return "fp16", ("as configured: fp16 autocast with a loss scaler on the CPU "
+                        "(slower than bf16 or fp32; for tests)")
+    return requested, "as configured"
 
 
-def _accelerator(precision: str):
+class StepScaler(torch.amp.GradScaler):
+    """fp16's loss scaler, changing its scale only once every optimizer has stepped (`step_done`).
+
+    accelerate calls update() after each optimizer's step; with two (GAN) and accumulated
+    gradients, the generator's earlier micro-batches would then be unscaled by a scale that the
+    discriminator's step changed after their backward.
+    """
+
+    def update(self, new_scale=None) -> None:
+        if new_scale is not None:
+            super().update(new_scale)
+
+    def step_done(self) -> None:
+        super().update()
+
+
+def _accelerator(precision: str, grad_accum_steps: int = 1):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import GradientAccumulationPlugin
 
     # accelerate keeps one precision per process; a single process may train variants in turn
     shared = AcceleratorState._shared_state
@@ -225,7 +255,16 @@ def _accelerator(precision: str):
         AcceleratorState._reset_state()
     # cpu=True on a machine without an accelerator lets torchrun / accelerate launch run several CPU processes (gloo)
     cpu = execution_device(per_process=False).type == "cpu"
-    return Accelerator(mixed_precision=precision, cpu=cpu)
+    # the trainer feeds whole groups of batches, so accelerate need not close a group at an epoch's end
+    accumulation = GradientAccumulationPlugin(num_steps=grad_accum_steps, sync_with_dataloader=False)
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_plugin=accumulation)
+    if precision == "fp16":
+        # accelerate (1.15) gives fp16 on the CPU neither autocast nor a scaler (it trains in fp32
+        # without a word); torch has both. On a GPU its scaler is swapped for one that waits for
+        # every optimizer (before prepare(), which hands the scaler to the optimizers).
+        accelerator.native_amp = True
+        accelerator.scaler = StepScaler(accelerator.device.type)
+    return accelerator
 
 
 def trainable_family(variant: VariantConfig) -> Family:
@@ -275,6 +314,8 @@ class Run:
     started: float = 0.0  # time.perf_counter() when the first step began
     out_of_time: bool = False  # some process passed max_minutes (decided after each step)
     validated_at: int = -1  # the step of the last validation
+    precision: str = "no"  # what mixed_precision resolved to on this machine: no / bf16 / fp16 ...
+    precision_why: str = ""  # ... and why
 
     @property
     def hp(self):
@@ -300,7 +341,7 @@ class Run:
             out[name] = acc.unwrap_model(net, keep_torch_compile=False).state_dict()
         if full:
             out.update({key: opt.state_dict() for key, opt in self.optimizers.items()})
-            out.update(rng=rngs, scaler=acc.scaler.state_dict() if acc.scaler else None)
+            out.update(rng=rngs, scaler=acc.scaler.state_dict() if acc.scaler else None, precision=self.precision)
         return out
 
     def save(self, path: Path, full: bool) -> None:
@@ -326,6 +367,7 @@ def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
     if resume:
         run.state = read_checkpoint(run.last_path, hint="Nothing to resume: train without --resume first.")
         resumable = [k for k in params if k not in RESUMABLE_CHANGES]
+        run.state["config"]["params"].setdefault("grad_accum_steps", 1)  # a run saved before the param existed
         check_same_config(run.last_path, run.state, variant, params, resumable, "training setup")
     elif run.last_path.exists() and not restart:
         from pipeline.next_step import NextStep, variant_word
@@ -343,24 +385,27 @@ def load_data(run: Run, progress: bool) -> Competition:
     if not competition.val:
         raise ConfigError(f"{run.variant.source or run.variant.name}: data.val_count is 0; training needs the "
                           "validation split to choose best.pt")
-    if len(competition.train) < run.hp.train_batch_size:
-        raise ConfigError(f"{competition.root}: {len(competition.train)} training images, fewer than "
-                          f"params.train_batch_size={run.hp.train_batch_size}")
+    hp = run.hp
+    if len(competition.train) < hp.train_batch_size * hp.grad_accum_steps:
+        raise ConfigError(f"{competition.root}: {len(competition.train)} training images, fewer than one "
+                          f"optimizer step's params.train_batch_size={hp.train_batch_size} x "
+                          f"grad_accum_steps={hp.grad_accum_steps}")
     check_training_images(competition.train + competition.val, run.variant.data.image_size, progress)
     return competition
 
 
 def start_accelerator(run: Run) -> str:
-    """Accelerate with the precision this machine can run; threads; returns the precision."""
-    precision, note = _mixed_precision(run.hp.mixed_precision)
-    run.accelerator = _accelerator(precision)
-    if note and run.main:
-        print(f"note: {note}")
+    """Accelerate with the precision this machine can run and the run's gradient accumulation;
+    threads; returns the precision (printed with the reason by `schedule`)."""
+    device = execution_device(per_process=False)
+    where = run.variant.source or run.variant.name
+    run.precision, run.precision_why = choose_precision(run.hp.mixed_precision, device, where)
+    run.accelerator = _accelerator(run.precision, run.hp.grad_accum_steps)
     if run.accelerator.device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", run.accelerator.num_processes))
         torch.set_num_threads(cpu_threads(run.hp.threads, run.hp.num_workers, local))
     torch.backends.cudnn.benchmark = True
-    return precision
+    return run.precision
 
 
 def build_loaders(run: Run, competition: Competition) -> tuple[DataLoader, DataLoader, int]:
@@ -406,6 +451,8 @@ def restore(run: Run) -> None:
     scaler = run.accelerator.scaler  # fp16's loss scale (accelerate made it with the accelerator)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    if state.get("precision", run.precision) != run.precision and run.main:
+        print(f"note: {path} trained in {state['precision']}; this run goes on in {run.precision}")
     run.step, run.epoch, run.batches_done = state["step"], state["epoch"], state["batches_done"]
     run.validated_at = run.step  # a resumed run that takes no step has nothing new to score
     run.best_rmse = state["best_val_rmse"] if state["best_val_rmse"] is not None else math.inf
@@ -458,17 +505,21 @@ def open_logs(run: Run, restart: bool):
     return SummaryWriter(str(run.run_dir), purge_step=run.step if run.state is not None else None)
 
 
-def schedule(run: Run, steps_per_epoch: int, images: int, precision: str) -> None:
-    """Where the learning rate falls to 0 and where training ends; says so on the main process."""
+def schedule(run: Run, batches: int, images: int, precision: str) -> None:
+    """Where the learning rate falls to 0 and where training ends, in optimizer steps (`batches`
+    per epoch, grad_accum_steps each); says so, and the precision, on the main process."""
     hp = run.hp
+    steps_per_epoch = batches // hp.grad_accum_steps  # batches left over would not fill a step
     run.schedule_steps = hp.epochs * steps_per_epoch  # the learning rate follows the epochs ...
     run.total_steps = min(run.schedule_steps, hp.max_steps or run.schedule_steps)  # ... max_steps only stops early
     if run.main:
         acc, variant, early = run.accelerator, run.variant, run.total_steps < run.schedule_steps
-        print(f"training {variant.name} ({variant.method}): {images} images, {steps_per_epoch} steps/epoch x "
+        accum = f" of {hp.grad_accum_steps} batches" if hp.grad_accum_steps > 1 else ""
+        print(f"training {variant.name} ({variant.method}): {images} images, {steps_per_epoch} steps{accum}/epoch x "
               f"{hp.epochs} epochs" + (f" (stopping at step {run.total_steps})" if early else "")
-              + f", {acc.num_processes} process(es) on {acc.device}, precision {precision}"
+              + f", {acc.num_processes} process(es) on {acc.device}, precision {precision} ({run.precision_why})"
               + (f", resuming at step {run.step}" if run.state is not None else ""))
+        run.writer.add_text("precision", f"{precision} ({run.precision_why})", run.step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,30 +589,43 @@ def log_scalars(run: Run, meter: Meter, losses: dict[str, torch.Tensor], lr: flo
 
 
 def train_epoch(run: Run, loader: DataLoader, val_loader: DataLoader, step: Callable, meter: Meter) -> None:
-    """The batches of epoch `run.epoch` not yet done: one `step` each, logs and last.pt on their
-    schedule, until the epoch ends or `stop_reason` gives one. A whole epoch ends with a validation
-    (when due, and always at the last step) and last.pt at the next epoch's start."""
-    acc, hp = run.accelerator, run.hp
+    """The batches of epoch `run.epoch` not yet done: one `step` each, the optimizers stepping
+    every grad_accum_steps batches (an optimizer step is a training step: logs and last.pt on
+    their schedule), until the epoch's whole steps are done or `stop_reason` gives one. A whole
+    epoch ends with a validation (when due, and always at the last step) and last.pt at the next
+    epoch's start."""
+    acc, hp, accum = run.accelerator, run.hp, run.hp.grad_accum_steps
+    whole = len(loader) // accum * accum  # the epoch's batches that fill optimizer steps
     loader.set_epoch(run.epoch)  # the prepared loader hands the epoch to our sampler
     batches = acc.skip_first_batches(loader, run.batches_done) if run.batches_done else loader
     if run.batches_done:
         batches.set_epoch(run.epoch)
+    summed: dict[str, torch.Tensor] = {}  # the losses of the step's batches so far
     for batch in batches:
+        if run.batches_done == whole:  # the batches left would not fill an optimizer step
+            break
         lr = hp.lr * lr_factor(run.step, run.schedule_steps, hp.lr_decay)  # from the step alone: resumes exactly
         set_lr(run.optimizers, lr)
-        losses = step(batch, run.epoch)
-
-        run.step += 1
+        with acc.accumulate(*run.nets.values()):  # backward scales by 1/accum; optimizers step on the last batch
+            losses = step(batch, run.epoch)
+        summed = {key: value.detach() + summed.get(key, 0) for key, value in losses.items()}
         run.batches_done += 1
         meter.images += batch["target"].shape[0] * acc.num_processes
+        if run.batches_done % accum:
+            continue
+        if acc.scaler is not None:
+            acc.scaler.step_done()  # fp16: the loss scale moves once every optimizer has stepped
+
+        run.step += 1
         meter.bar.update(1)
         if run.step % hp.log_every == 0 or run.step == run.total_steps:
-            log_scalars(run, meter, losses, lr)
+            log_scalars(run, meter, {key: value / accum for key, value in summed.items()}, lr)
+        summed = {}
         if stop_reason(run, check_clock=True):
             break
         if run.step % hp.checkpoint_every == 0:
             run.save(run.last_path, full=True)
-    if run.batches_done == len(loader) and not run.out_of_time:  # a whole epoch: validate, then move the position on
+    if run.batches_done == whole and not run.out_of_time:  # a whole epoch: validate, then move the position on
         if (run.epoch + 1) % hp.val_every == 0 or run.step >= run.total_steps:
             validate_and_keep_best(run, val_loader)
         run.epoch, run.batches_done = run.epoch + 1, 0
@@ -579,7 +643,8 @@ def finish(run: Run, reason: str, val_loader: DataLoader, meter: Meter) -> Train
     meter.bar.close()
     acc.wait_for_everyone()
     if run.main:
-        run.writer.add_hparams({k: v for k, v in run.params.items() if isinstance(v, (int, float, str, bool))},
+        run.writer.add_hparams({k: v for k, v in run.params.items() if isinstance(v, (int, float, str, bool))}
+                               | {"precision": run.precision},
                                {"hparam/best_val_rmse": run.best_rmse}, run_name=".")
         run.writer.close()
     acc.end_training()

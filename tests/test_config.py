@@ -86,7 +86,7 @@ def test_a_wrong_type_for_a_key_without_a_plain_default_names_the_file_and_the_k
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"mixed_precision": "fp8"}, "params.mixed_precision: 'fp8' is not one of no, bf16, fp16"),
+    ({"mixed_precision": "fp8"}, "params.mixed_precision: 'fp8' is not one of auto, no, bf16, fp16"),
     ({"flip": 2}, "params.flip: expected a fraction 0..1, got 2"),
     ({"epochs": True}, "params.epochs: expected a positive integer, got True"),
     ({"max_minutes": -1}, r"params.max_minutes: expected float >= 0, got -1"),

@@ -372,3 +372,172 @@ def test_stop_reason_says_why_training_stops_and_reads_the_clock_only_after_a_st
     assert stop_reason(run, check_clock=True) == "max_minutes"
     run.step = 10
     assert stop_reason(run) == "max_minutes"  # out of time wins over finished: the decision stands
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and gradient accumulation
+
+GPUS = {"T4": ("Tesla T4", (7, 5)), "P100": ("Tesla P100-PCIE-16GB", (6, 0)), "V100": ("Tesla V100-SXM2-16GB", (7, 0)),
+        "A100": ("NVIDIA A100-SXM4-40GB", (8, 0)), "L4": ("NVIDIA L4", (8, 9))}
+
+
+@pytest.mark.parametrize("device, requested, expected", [
+    ("T4", "auto", "fp16"), ("P100", "auto", "fp16"), ("V100", "auto", "fp16"), ("A100", "auto", "bf16"),
+    ("L4", "auto", "bf16"), ("cpu+bf16", "auto", "bf16"), ("cpu", "auto", "no"), ("mps", "auto", "no"),
+    ("A100", "bf16", "bf16"), ("cpu", "bf16", "no"), ("cpu+bf16", "bf16", "bf16"), ("T4", "fp16", "fp16"),
+    ("A100", "fp16", "fp16"), ("cpu", "fp16", "fp16"), ("T4", "no", "no"), ("cpu+bf16", "no", "no"),
+])
+def test_precision_follows_what_the_device_has_natively(monkeypatch, device, requested, expected):
+    from pipeline.train import choose_precision
+
+    name, capability = GPUS.get(device, ("", (0, 0)))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: device == "cpu+bf16")
+    kind = "cuda" if name else device.split("+")[0]
+    precision, why = choose_precision(requested, torch.device(kind), "x.yaml")
+    assert precision == expected
+    if requested == "auto" and kind == "cuda":
+        assert name in why and f"{capability[0]}.{capability[1]}" in why  # printed and logged: which GPU, why
+
+
+@pytest.mark.parametrize("device", ["T4", "P100", "V100"])
+def test_bf16_is_refused_on_a_gpu_that_only_emulates_it(monkeypatch, device):
+    from pipeline.config import ConfigError
+    from pipeline.train import choose_precision
+
+    name, capability = GPUS[device]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.version, "hip", None)
+    with pytest.raises(ConfigError) as error:
+        choose_precision("bf16", torch.device("cuda"), "configs/pix2pix-cpu.yaml")
+    message = str(error.value)
+    assert message.startswith("configs/pix2pix-cpu.yaml: params.mixed_precision: bf16")
+    assert name in message and "emulated, slower than fp32" in message and "auto" in message
+
+
+def test_fp16_on_the_cpu_autocasts_to_fp16_with_a_loss_scaler():
+    from pipeline.train import StepScaler, _accelerator
+
+    accelerator = _accelerator("fp16")
+    assert accelerator.device.type == "cpu" and isinstance(accelerator.scaler, StepScaler)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with accelerator.autocast():
+        assert conv(torch.randn(1, 3, 8, 8)).dtype == torch.float16
+    x = torch.randn(1, 3, 8, 8)
+    plain = torch.autograd.grad(conv(x).square().mean(), conv.bias)[0]
+    accelerator.backward(conv(x).square().mean())  # through the scaler
+    assert torch.allclose(conv.bias.grad, plain * 65536) and accelerator.scaler.get_scale() == 65536
+
+
+def test_fp16_with_accumulation_resumes_to_the_same_weights_and_loss_scale(workspace):
+    # fp16 on the CPU (a GradScaler, as on a T4) and two optimizers: G and D; 2 batches per
+    # optimizer step; batch norm's running stats. ngf/ndf 4 and batch 1: CPU fp16 backward is slow
+    params = dict(mixed_precision="fp16", grad_accum_steps=2, train_batch_size=1, ngf=4, ndf=4, norm="batch",
+                  hole_fill="mean", checkpoint_every=2, log_every=1)
+    write_variant(workspace, "resume", **params)
+    run = subprocess.run(_train_cmd("--max-steps", "4"), env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "42 images, 21 steps of 2 batches/epoch" in run.stdout and "precision fp16" in run.stdout
+    reference = read_checkpoint(workspace / "checkpoints/resume/last.pt")
+    assert reference["step"] == 4 and reference["batches_done"] == 8 and reference["precision"] == "fp16"
+    assert [step for step, _ in _scalars(workspace / "runs/resume", "loss/box_l1")] == [1, 2, 3, 4]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workspace / "runs/resume"))
+    events.Reload()
+    logged = events.Tensors("precision/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert logged.startswith("fp16 (as configured: fp16 autocast with a loss scaler on the CPU")
+
+    shutil.rmtree(workspace / "checkpoints")
+    shutil.rmtree(workspace / "runs")
+    last = workspace / "checkpoints/resume/last.pt"
+    proc = subprocess.Popen(_train_cmd("--max-steps", "4"), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not last.exists():  # the first last.pt: step 2
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = read_checkpoint(last)
+    assert 0 < killed["step"] < 4 and killed["batches_done"] == 2 * killed["step"]
+    # the scale backed off from its initial 65536 (fp16 overflowed), so a scaler that restarts
+    # from 65536 on resume would skip steps the uninterrupted run took, or end on another scale
+    assert killed["scaler"]["scale"] < 65536
+
+    from pipeline.train import build_networks, plan, restore, start_accelerator
+
+    restored = plan(load_variant(workspace / "resume.yaml"), resume=True, restart=False)
+    start_accelerator(restored)
+    build_networks(restored)
+    restore(restored)
+    assert restored.accelerator.scaler.state_dict() == killed["scaler"]
+
+    done = subprocess.run(_train_cmd("--max-steps", "4", "--resume"), env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming at step {killed['step']}" in done.stdout
+    resumed = read_checkpoint(last)
+    assert resumed["scaler"] == reference["scaler"] and resumed["step"] == 4
+    for key in ("generator", "discriminator", "opt_g", "opt_d"):
+        assert _same(reference[key], resumed[key]), f"{key} differs after resuming"
+
+
+def _same(a, b) -> bool:
+    """Nested dicts / lists of tensors and numbers, bit-identical."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+def test_batch_4_equals_batch_2_accumulated_twice_and_steps_count_updates(workspace):
+    # no batch norm (instance norm is per image), no dropout: the 4 images give the same gradient
+    # either way, up to float summation order. Adam's first update is about lr x sign(gradient),
+    # so a weight whose gradient is near 0 may move a little differently: within 0.1 x lr here,
+    # where batch 2 alone (half the images) moves weights by up to 2 x lr
+    updated = {}
+    for name, batch, accum in (("b4", 4, 1), ("b2x2", 2, 2), ("b2", 2, 1)):
+        write_variant(workspace, name, objective="l2", norm="instance", dropout=False, hole_fill="mean",
+                      mixed_precision="no", train_batch_size=batch, grad_accum_steps=accum)
+        train(load_variant(workspace / f"{name}.yaml"), max_steps=1, progress=False)
+        updated[name] = read_checkpoint(workspace / f"checkpoints/{name}/last.pt")["generator"]
+
+    def largest_difference(a, b):
+        return max((a[key] - b[key]).abs().max().item() for key in a if a[key].is_floating_point())
+
+    lr = TINY["lr"]
+    assert largest_difference(updated["b4"], updated["b2x2"]) < 0.1 * lr
+    assert largest_difference(updated["b4"], updated["b2"]) > lr
+
+    # 8 training images, batches of 2, 3 per step: 1 step an epoch, the 4th batch left out; the
+    # step counter, the schedule, logs, validation and the epoch's end count optimizer steps
+    path = write_variant(workspace, "accum", objective="l2", hole_fill="mean", mixed_precision="no",
+                         train_batch_size=2, grad_accum_steps=3, log_every=1, lr_decay=1.0)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["val_count"] = 40  # of the sample's 48 images
+    path.write_text(yaml.safe_dump(raw))
+    train(load_variant(path), progress=False)
+    last = read_checkpoint(workspace / "checkpoints/accum/last.pt")
+    assert (last["step"], last["epoch"], last["batches_done"]) == (2, 2, 0)
+    assert [step for step, _ in _scalars(workspace / "runs/accum", "val/rmse")] == [1, 2]
+    assert [(step, pytest.approx(lr)) for step, lr in _scalars(workspace / "runs/accum", "lr")] == [
+        (1, TINY["lr"]), (2, TINY["lr"] / 2)]  # decays over the 2 steps: lr at step 0, then half
+
+
+def test_a_run_saved_before_grad_accum_steps_and_precision_existed_resumes(trained_workspace):
+    from pipeline.checkpoint import save_checkpoint
+
+    last = trained_workspace / "checkpoints/tiny/last.pt"
+    state = read_checkpoint(last)
+    del state["config"]["params"]["grad_accum_steps"], state["precision"]
+    save_checkpoint(last, state)
+    result = train(load_variant(trained_workspace / "tiny.yaml"), resume=True, progress=False)
+    assert result.steps == 20 and result.epochs_done == 2  # nothing left to train, and no refusal

@@ -50,11 +50,15 @@ class TrainParams:
     epochs: Positive = 200  # the learning-rate schedule spans them all, whatever max_steps says
     max_steps: NonNegative = 0  # stop after this many optimiser steps (0: run all epochs)
     train_batch_size: Positive = 1  # per process
+    # batches whose gradients add up to one optimizer step (the batch an update sees:
+    # train_batch_size x grad_accum_steps x processes); steps, schedule and logs count updates
+    grad_accum_steps: Positive = 1
     lr: float = 0.0002
     lr_decay: Fraction = 0.5  # the last fraction of the run over which lr falls linearly to 0 (pix2pix: half)
     beta1: float = 0.5
     beta2: float = 0.999
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 needs a GPU
+    # auto: bf16 where the device has it natively, fp16 + loss scaler on other CUDA GPUs, else fp32
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "no"
     channels_last: bool = True  # NHWC activations: faster convolutions with bf16 on CPU and on tensor cores
     compile: bool = False  # torch.compile the networks (worth it for long GPU runs)
     num_workers: NonNegative = 2  # data loader processes (decode, augment, hole fill)
