@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import data_config
 from pipeline.data.competition import CompetitionError, carve_validation, load_competition, read_image
-from pipeline.data.sample import SOURCES
+from pipeline.data.sample import PLANTED, SOURCES
 from tests.conftest import small_data_config
 
 DATASET = Path("data/sample/Dataset")
@@ -27,7 +27,8 @@ def _boxes_of(competition):
 
 def test_sample_is_in_the_real_layout(competition):
     assert competition.layout == "photo-reconstruction"
-    assert len(competition.test) == 4 * 3 + 1  # four test photos, three crops each, one shared stem
+    # four test photos, three crops each, one shared stem, and the planted copies of training photos
+    assert len(competition.test) == 4 * 3 + 1 + len(PLANTED)
     assert len(competition.val) == 6
     assert len(competition.train) + len(competition.val) == 8 * 6
     assert competition.classes == sorted({s.label for s in SOURCES if s.split == "train"})
@@ -73,7 +74,7 @@ def test_dataset_folder_is_found_below_the_download_folder(workspace):
     shutil.move(str(workspace / DATASET), nested / "Dataset")
     cfg = data_config({"root": workspace / "data/raw/photo-reconstruction", "truth": None, "val_count": 6})
     found = load_competition(cfg)
-    assert found.layout == "photo-reconstruction" and len(found.test) == 13
+    assert found.layout == "photo-reconstruction" and len(found.test) == 13 + len(PLANTED)
 
 
 def test_validation_split_is_fixed_and_disjoint(workspace):
@@ -154,7 +155,7 @@ def _rewrite_bboxes(cfg, table: pd.DataFrame) -> None:
 def test_generic_layout_keeps_working(generic):
     found = load_competition(generic)
     assert found.layout == "generic"
-    assert len(found.test) == 13 and len(found.val) == 6 and len(found.train) == 42
+    assert len(found.test) == 13 + len(PLANTED) and len(found.val) == 6 and len(found.train) == 42
     assert all(r.label and r.image_id.startswith(r.label) for r in found.test)
 
 
