@@ -11,7 +11,8 @@ Two stages, so 200 test images against 7,000 training photos take seconds, not h
    (with its known-pixel mask) under the 8 inverse D4 transforms against all thumbnails at once,
    the gain + offset fit per channel solved in closed form from masked sums (9 matrix products);
    the `top_k` closest photos per query go on.
-2. exact: each candidate at full size, D4-transformed, registered onto the query by OpenCV's ECC
+2. exact: each candidate at full size (after the closest, only those with a coarse RMSE under
+   `refine_below`), D4-transformed, registered onto the query by OpenCV's ECC
    (affine, on the known pixels, at half resolution), colour-fitted by least squares on the known
    pixels; its RMSE over the known pixels that the warped photo covers (0..1 scale) is the match's.
 
@@ -285,6 +286,10 @@ class SearchParams:
     margin: int = 8  # pixels around each box left out of the comparison (JPEG ringing)
     max_shift: float = 16.0  # largest registration shift accepted, pixels
     max_scale: float = 1.15  # largest registration scale change accepted (and its inverse)
+    # candidates after the closest get the exact check only when their coarse RMSE is under this:
+    # thumbnails average the residual away, so a copy's coarse RMSE is no higher than its exact one
+    # give or take the registration (sample: copies 0.0005..0.047 coarse, 0.009..0.025 exact)
+    refine_below: float = 0.1
 
 
 def search(queries: Sequence[Query], photo_ids: Sequence[str], load_photo: Callable[[int], np.ndarray],
@@ -304,7 +309,9 @@ def search(queries: Sequence[Query], photo_ids: Sequence[str], load_photo: Calla
     out: dict[str, list[Match]] = {}
     for query, found in zip(tqdm(queries, desc="exact check", unit="img", disable=not progress), candidates):
         matches = []
-        for index, transform, coarse in found:
+        for rank, (index, transform, coarse) in enumerate(found):
+            if rank and coarse > params.refine_below:
+                break
             warp, gain, offset, rmse = exact_match(query, load_photo(index), transform, params.max_shift,
                                                    params.max_scale)
             matches.append(Match(photo_ids[index], photo_paths[index] if photo_paths else "", transform,
@@ -356,7 +363,7 @@ def find_duplicates(competition: Competition, params: SearchParams = SearchParam
         raise CompetitionError(f"{competition.root}: no training photos to search")
     queries = queries_of(competition, params.margin)
     found = search(queries, [r.image_id for r in pool], lambda i: read_image(pool[i].path, size), params,
-                   progress, [str(r.path) for r in pool])
+                   progress, [str(r.path.resolve()) for r in pool])
     matches: dict[str, dict[str, list[Match]]] = {"val": {}, "test": {}}
     for query in queries:
         matches[query.split][query.image_id] = found[query.image_id]
@@ -394,13 +401,13 @@ def save(result: DuplicatesResult, competition: Competition, root: Path | None =
 
 def load(competition: Competition, root: Path | None = None) -> DuplicatesResult | None:
     """The saved matches of `competition`, or None when there are none or they are stale (the
-    data folder's val/test images, boxes or training photos changed since)."""
+    data folder's val/test images, boxes or training photos changed since, or the search's settings)."""
     path = duplicates_path(competition, root)
     if not path.is_file():
         return None
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("fingerprints") != fingerprints(competition):
+        if saved.get("fingerprints") != fingerprints(competition) or saved.get("params") != asdict(SearchParams()):
             return None
         matches = {split: {qid: [Match(**m) for m in ms] for qid, ms in by_id.items()}
                    for split, by_id in saved["matches"].items()}
