@@ -121,3 +121,16 @@ def test_make_duplicates_writes_the_table_the_page_and_the_file(searched, monkey
     assert set(saved["matches"]) == {"val", "test"} and saved["fingerprints"]["pool"]
     assert cli(["duplicates", "--data", "data/sample", "--rows", "1"]) == 0
     assert "current, reused" in capsys.readouterr().out
+
+
+def test_nearest_refuses_a_nearest_fallback_and_a_bad_threshold(tmp_path):
+    from pipeline.config import ConfigError
+    from pipeline.inpainters.base import check_params
+
+    with pytest.raises(ConfigError, match="itself a nearest variant"):
+        check_params(variant("nearest", tmp_path, fallback="nearest"))
+    with pytest.raises(ConfigError, match="max_known_rmse"):
+        check_params(variant("nearest", tmp_path, max_known_rmse=3))
+    with pytest.raises(ConfigError, match="fallback"):
+        check_params(variant("nearest", tmp_path, fallback="no-such-variant"))
+    check_params(variant("nearest", tmp_path, fallback="mean"))
