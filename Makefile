@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-RUN := PYTHONWARNINGS=ignore::FutureWarning $(PY) -m pipeline
+# PIPELINE_VIA=make: the CLI's messages then name the next step as a make command
+RUN := PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(PY) -m pipeline
 # Competition folder: empty means each variant's data.root (the offline sample by default).
 DATA ?=
 # CHANNELS=bgr: channel 0 of the submission is blue (default: the format's, rgb for Photo Reconstruction)
@@ -18,16 +19,16 @@ BASELINES := mean telea navier-stokes
 # EPOCHS=n / MAX_STEPS=n override the config; GPUS=n launches one process per GPU.
 # predict/submit: CKPT=<file> instead of the variant's checkpoints/<variant>/best.pt
 TRAIN_VARIANT ?= $(if $(filter command line environment,$(origin VARIANT)),$(VARIANT),pix2pix-cpu)
-TRAIN_RUN = $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
+TRAIN_RUN = $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 CKPT_ARG = $(if $(CKPT),--param checkpoint=$(CKPT),)
 # sd: the sweep file, optionally ONLY=<variant,...> of it, and GPUS=<n> processes (one per GPU)
 SWEEP ?= configs/sd-prompts.yaml
 ONLY ?=
 GPUS ?= 1
-SD_RUN := $(if $(filter-out 1,$(GPUS)),PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
+SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium duplicates
+.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium duplicates
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,6 +46,10 @@ sample: setup ## build the offline sample in the real competition's layout (data
 data: setup ## download COMPETITION=<slug> from Kaggle into data/raw/<slug> and validate it
 	@test -n "$(COMPETITION)" || { echo "usage: make data COMPETITION=<slug from the competition URL>"; exit 2; }
 	$(RUN) data --competition $(COMPETITION)
+
+weights: setup ## download NAME=big-lama|migan (IOPaint's TorchScript file) into weights/, checksum verified
+	@test -n "$(NAME)" || { echo "usage: make weights NAME=big-lama|migan"; exit 2; }
+	$(RUN) weights --name $(NAME) $(if $(FORCE),--force,)
 
 predict: setup ## predict the validation split and the test set with VARIANT
 	$(RUN) predict --variant $(VARIANT) $(DATA_ARG) $(CKPT_ARG)

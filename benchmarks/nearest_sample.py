@@ -28,7 +28,8 @@ from pipeline.data.boxes import box_pixels  # noqa: E402
 from pipeline.data.competition import load_competition, read_image  # noqa: E402
 from pipeline.data.sample import COPIES_FILE, build_sample  # noqa: E402
 from pipeline.duplicates import load_or_find  # noqa: E402
-from pipeline.predict import predict_split, truth_boxes  # noqa: E402
+from pipeline.predict import predict_split  # noqa: E402
+from pipeline.score import truth_boxes  # noqa: E402
 
 
 def box_rmse(predicted: np.ndarray, truth: np.ndarray) -> float:

@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.inpainters import pix2pix as p2p  # noqa: E402
+from pipeline.inpainters.fill import fill_holes  # noqa: E402
 
 SIZE = 256
 
@@ -116,7 +118,7 @@ class ReferenceStep:
         self.bce, self.l1 = nn.BCEWithLogitsLoss(), nn.L1Loss()
 
     def __call__(self, batch):
-        x = torch.cat([batch["masked_image"], batch["mask"]], 1)
+        x = torch.cat([batch["model_input"], batch["mask"]], 1)
         real = batch["target"]
         fake = self.G(x)
         for p in self.D.parameters():
@@ -169,7 +171,7 @@ def our_step(precision: str | None = None, channels_last: bool | None = None):
     for model in prepared[:2]:
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     nets, optimizers = dict(zip(nets, prepared[:2])), dict(zip(optimizers, prepared[2:]))
-    return p2p.FAMILY.step(config, accelerator, nets, optimizers), precision
+    return p2p.FAMILY.make_step(config, accelerator, nets, optimizers), precision
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ def random_batch(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     mask = torch.zeros(n, 1, SIZE, SIZE)
     mask[:, :, 40:115, 30:105] = 1
     mask[:, :, 140:215, 150:225] = 1
-    return {"masked_image": target * (1 - mask), "mask": mask, "target": target}
+    return {"model_input": target * (1 - mask), "mask": mask, "target": target}
 
 
 def time_steps(steps: dict, batch_size: int, repeats: int) -> dict[str, float]:
@@ -209,7 +211,7 @@ def loader_rate(workers: int, batch_size: int, batches: int) -> float:
 
     variant = load_variant("pix2pix-cpu")
     competition = load_competition(variant.data)
-    dataset = BoxInpaintingDataset(competition.train, variant.data, AugmentConfig(), p2p.HoleFill("telea"))
+    dataset = BoxInpaintingDataset(competition.train, variant.data, AugmentConfig(), partial(fill_holes, how="telea"))
     sampler = EpochSampler(len(dataset), 0)
     loader = DataLoader(EpochDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,

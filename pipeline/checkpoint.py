@@ -11,13 +11,15 @@ strings, lists, dicts only), so opening a checkpoint never runs code from it.
 
 from __future__ import annotations
 
-import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.config import PipelineError, VariantConfig
+from pipeline.config import PipelineError, VariantConfig, with_current_names
+from pipeline.files import atomic_write
+from pipeline.next_step import NextStep
 
 FORMAT = "pipeline-checkpoint/1"
 
@@ -31,43 +33,52 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     A run killed mid-write leaves the previous checkpoint whole.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path, hint: str = "", named_by_user: bool = False) -> dict[str, Any]:
     """The dict saved at `path` (tensors on the CPU); CheckpointError if missing or unreadable.
 
-    named_by_user: the person pointed at this file (CKPT=), so an unreadable one is not "ours to
-    delete": the message says what the file is not and that nothing was touched.
+    named_by_user: the person pointed at this file (params.checkpoint), so a missing one is a
+    path to check, and an unreadable one is not "ours to delete": the message says what the file
+    is not and that nothing was touched.
     """
     path = Path(path)
     if not path.is_file():
+        if named_by_user:
+            what = "it is a folder" if path.is_dir() else "the file does not exist"
+            raise CheckpointError(f"{path}: no checkpoint there: {what}; check the path you gave. {hint}".strip())
         raise CheckpointError(f"{path}: no checkpoint there. {hint}".strip())
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, garbage bytes, foreign pickle: all unreadable
-        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
+        why = f"{type(exc).__name__}: {_first_sentence(str(exc))}" if str(exc).strip() else type(exc).__name__
         if named_by_user:
             raise CheckpointError(
                 f"{path}: not a checkpoint of this pipeline, or a damaged one ({why}); the file was left "
-                "as it is. Point to a best.pt or last.pt that `train` wrote (checkpoints/<variant>/)"
+                "as it is. Point to a best.pt or last.pt that `train` wrote (checkpoints/<variant>/)."
             ) from exc
         raise CheckpointError(
             f"{path}: cannot be read as a checkpoint ({why}); it is corrupt (a copy cut short?): "
-            "delete it and train again, or point to another file"
+            "delete it and train again, or point to another file."
         ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT or "config" not in state:
         raise CheckpointError(f"{path}: not a checkpoint written by this pipeline ({FORMAT})"
                               + ("; the file was left as it is" if named_by_user else "")
-                              + "; train one with `make train`")
+                              + f"; train one with `{NextStep('train', {'variant': '<variant>'})}`")
     return state
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of an exception's text (terminal colour codes removed), at most about
+    `limit` characters and cut at a word, so a message quoting it reads to its end."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0].strip()
+    end = re.search(r"[.!?](\s|$)", text)
+    text = text[:end.start() + 1] if end else text
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return text
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], keys) -> list[str]:
@@ -88,7 +99,8 @@ def check_same_config(path: Path, state: dict[str, Any], variant: VariantConfig,
     checkpoint's config and `variant` disagree; `params` are the variant's params with defaults
     filled in, as checkpoints store them. `what` says what needs them equal."""
     saved = state["config"]
-    diffs = config_differences(saved.get("params", {}), params, param_keys)
+    # a checkpoint written before a param was renamed stores it under its old name
+    diffs = config_differences(with_current_names(saved.get("params", {})), params, param_keys)
     saved_data, data = saved.get("data", {}), variant.to_dict()["data"]
     diffs += config_differences(saved_data, data, ("image_size",))
     if saved.get("method") != variant.method:

@@ -1,25 +1,14 @@
-"""`python -m pipeline <command>`: one command per step of the flow; the Make targets call these.
-
-    sample        build the offline sample competition (data/sample, data/sample-truth)
-    data          download a Kaggle competition into data/raw/<slug> and validate it
-    predict       run a variant on the validation split and the test set
-    submit        predict, write + validate submissions/<variant>.csv, score, record it
-    validate      check any submission CSV before upload
-    score         score a variant on the validation split, or a CSV against test truth
-    leaderboard   print the leaderboard
-    kaggle-submit upload a variant's validated CSV to Kaggle and confirm it arrived
-    kaggle-scores pull Kaggle public scores into the leaderboard
-    compare       write submissions/report.html (+ .png): table, RMSE chart, per class, gallery
-    sd            run a sweep of variants (e.g. SD prompts): one submission + leaderboard row each
-    train         train a trainable variant (pix2pix, pconv, glcic): checkpoints/<variant>/, runs/<variant>/
-    serve         a local web app (and HTTP route) to inpaint a photo with any variant
-    duplicates    find the training photos that test and validation images are copies of
+"""`python -m pipeline <command>` (or `photo-pipeline <command>`): parses the command line and hands
+each command to the module of its step; each Make target calls one command (`--help` lists them).
+The one layer that says how a command is typed: the next steps messages name (pipeline.next_step)
+read as `make ...` under the Makefile (PIPELINE_VIA=make), else as this program's own command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +16,40 @@ import yaml
 
 from pipeline.config import ConfigError, DataConfig, PipelineError, VariantConfig, data_config, load_variant
 from pipeline.data.competition import load_competition
+from pipeline.files import DISK_FULL
 from pipeline.leaderboard import Leaderboard
+from pipeline.next_step import NextStep, render_with, shell_word, variant_word
+from pipeline.weights import PUBLISHED
+
+# The Makefile's variable for each option of a command (true flags as VAR=1); a step with any
+# other option is shown as the `python -m pipeline` line even under make.
+MAKE_VARIABLES = {
+    "variant": "VARIANT", "data": "DATA", "channels": "CHANNELS", "csv": "CSV", "resume": "RESUME",
+    "restart": "RESTART", "epochs": "EPOCHS", "max_steps": "MAX_STEPS", "variants": "VARIANTS",
+    "competition": "COMPETITION", "sweep": "SWEEP", "only": "ONLY", "all": "ALL", "force": "FORCE",
+    "host": "HOST", "port": "PORT", "name": "NAME",
+}
+
+
+def render_step(step: NextStep) -> str:
+    """How a person types `step`: `make <target> VAR=...` when this process was started by the
+    Makefile (PIPELINE_VIA=make), else the command line of this program (`python -m pipeline`,
+    or `photo-pipeline` when installed and run under that name)."""
+    if os.environ.get("PIPELINE_VIA") == "make":
+        words = [step.command]
+        for key, value in step.options.items():
+            if value is None or value is False:
+                continue
+            if key == "param" and str(value).startswith("checkpoint="):
+                words.append("CKPT=" + shell_word(str(value).partition("=")[2]))
+            elif key in MAKE_VARIABLES:
+                words.append(f"{MAKE_VARIABLES[key]}=" + ("1" if value is True else shell_word(str(value))))
+            else:
+                break
+        else:
+            return "make " + " ".join(words)
+    program = "photo-pipeline" if Path(sys.argv[0]).name == "photo-pipeline" else "python -m pipeline"
+    return f"{program} {step.command_line()}"
 
 
 def _apply_params(variant: VariantConfig, items: list[str] | None) -> VariantConfig:
@@ -66,12 +88,11 @@ def _data_config(args) -> DataConfig:
 
 
 def cmd_sample(args) -> None:
+    from pipeline.data.competition import holds_other_layout
     from pipeline.data.sample import build_sample
 
     cfg = DataConfig()
-    from pipeline.data.competition import find_dataset
-
-    old_layout = Path(cfg.root).is_dir() and find_dataset(Path(cfg.root)) is None
+    old_layout = holds_other_layout(cfg.root)
     if old_layout:
         print(f"note: {cfg.root} holds a sample in an older layout; rebuilding it", file=sys.stderr)
     build_sample(cfg, seed=args.seed, force=args.force or old_layout)
@@ -82,21 +103,29 @@ def cmd_sample(args) -> None:
 def _describe(competition) -> None:
     from pipeline.submission import submission_spec
 
-    spec = submission_spec(competition)
-    print(f"{competition.root}: {competition.layout} layout, {len(competition.train)} train, "
-          f"{len(competition.val)} validation, {len(competition.test)} test images; classes "
-          f"{', '.join(competition.classes)}; boxes from {competition.bbox_csv}")
-    print(f"submission format {spec.fmt.describe()}"
-          + (f"; ids and order from {spec.sample}" if spec.sample else ""))
+    print(competition.describe())
+    print(submission_spec(competition).describe())
 
 
 def cmd_data(args) -> None:
     from pipeline.data.download import download_competition
+    from pipeline.kaggle import check_slug
 
+    check_slug(args.competition)
     dest = Path("data/raw") / args.competition
     download_competition(args.competition, dest, force=args.force)
     _describe(load_competition(data_config({"root": dest, "truth": None})))
-    print(f"next: make submit VARIANT=telea DATA={dest}")
+    print(f"next: {NextStep('submit', {'variant': 'telea', 'data': dest})}")
+
+
+def cmd_weights(args) -> None:
+    from pipeline.weights import WEIGHTS_DIR, download_weights
+
+    path = download_weights(args.name, Path(args.dir or WEIGHTS_DIR), url=args.url, md5=args.md5, force=args.force)
+    variant = "lama" if args.name == "big-lama" else args.name
+    print(f"{path}: ready")
+    if Path(args.dir or WEIGHTS_DIR) == WEIGHTS_DIR:
+        print(f"next: {NextStep('submit', {'variant': variant})}")
 
 
 def cmd_predict(args) -> None:
@@ -142,7 +171,6 @@ def cmd_submit(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from pipeline.config import CONFIG_DIR
     from pipeline.train import train
 
     variant = _variant(args)
@@ -153,80 +181,47 @@ def cmd_train(args) -> None:
     best = f"{result.best_val_rmse:.4f}" if result.best_val_rmse is not None else "n/a"
     print(f"{variant.name}: {result.steps} steps, {result.epochs_done} epochs in {result.seconds:.0f} s; "
           f"best validation RMSE {best} -> {result.best}; run state {result.last}; TensorBoard {result.run_dir}")
-    # VARIANT=<name> finds configs/<name>.yaml only; a YAML elsewhere is named by its path
-    shipped = variant.source is not None and variant.source.resolve() == (CONFIG_DIR / f"{variant.name}.yaml").resolve()
-    print(f"next: make submit VARIANT={variant.name if shipped else args.variant}"
-          + (f" DATA={args.data}" if args.data else ""))
+    print(f"next: {NextStep('submit', {'variant': variant_word(variant), 'data': args.data})}")
 
 
 def cmd_sd(args) -> None:
     """Every variant of a sweep (or one variant): checks first, then one submission each."""
-    from pipeline.config import load_sweep
-    from pipeline.inpainters.base import preflight
-    from pipeline.predict import process_state
-    from pipeline.submit import submit_variant
+    from pipeline.sweep import run_sweep, sweep_variants
 
-    if bool(args.sweep) == bool(args.variant):
-        raise ConfigError("sd needs --sweep FILE (a list of variants) or --variant NAME (one)")
-    variants = load_sweep(args.sweep, data_root=args.data) if args.sweep else [
-        load_variant(args.variant, data_root=args.data)]
-    if args.only:
-        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
-        unknown = sorted(set(wanted) - {v.name for v in variants})
-        if unknown:
-            raise ConfigError(f"--only: no variant(s) {', '.join(unknown)} in {args.sweep or args.variant}; "
-                              f"available: {', '.join(v.name for v in variants)}")
-        variants = [v for v in variants if v.name in wanted]
+    variants = sweep_variants(args.sweep, args.variant, args.only, data_root=args.data)
     for variant in variants:
         _apply_params(variant, args.param)
         _with_channels(variant.data, args)
-    for variant in variants:  # before any other work: every config valid, every model's weights here
-        preflight(variant)
-    main = process_state().is_main_process
-    leaderboard, competitions = Leaderboard(), {}
-    for variant in variants:
-        key = json.dumps(variant.to_dict()["data"], sort_keys=True)
-        if key not in competitions:
-            competitions[key] = load_competition(variant.data)
-        entry = submit_variant(variant, competitions[key], leaderboard)
-        if main:
-            _print_entry(variant, entry)
-    if main:
+    leaderboard = Leaderboard()
+    if run_sweep(variants, leaderboard, on_entry=_print_entry) is not None:  # the main process reports
         print(leaderboard.format(variants=[v.name for v in variants]))
 
 
 def cmd_validate(args) -> None:
-    from pipeline.submission import validate_submission
+    from pipeline.submission import SubmissionError, validate_submission
 
     competition = load_competition(_data_config(args), check_images=False)
-    result = validate_submission(Path(args.csv), competition)
+    try:
+        result = validate_submission(Path(args.csv), competition)
+    except SubmissionError as exc:
+        other = Leaderboard().written_for_other_data(Path(args.csv), competition.root)
+        if other:  # its ids name other boxes: say whose they are
+            step = NextStep("validate", {"csv": args.csv, "data": "<that folder>"})
+            raise SubmissionError(f"{other}: validate it there (`{step}`), or write it for this data ({exc})") from None
+        raise
     print(f"{result.path}: OK, {result.rows} values, sha256 {result.sha256}")
 
 
 def cmd_score(args) -> None:
-    from pipeline.predict import prediction_dir, score_split, truth_boxes
-    from pipeline.score import score_boxes
-    from pipeline.submission import read_submission, submission_spec, validate_submission
+    from pipeline.score import score_csv, score_variant
 
     if args.csv:
         competition = load_competition(_data_config(args), check_images=False)
-        spec = submission_spec(competition)
-        validate_submission(Path(args.csv), competition, spec=spec)
-        scores = score_boxes(read_submission(Path(args.csv), competition, spec),
-                             truth_boxes(competition, competition.test),
-                             [r.label for r in competition.test])
+        scores = score_csv(Path(args.csv), competition)
         where = f"{args.csv} against {competition.config.truth}"
     elif args.variant:
         variant = _variant(args)
-        competition = load_competition(variant.data)
-        if not competition.val:
-            raise ConfigError(f"{variant.name}: the validation split of {competition.root} is empty (data.val_count "
-                              "is 0); score a submission against known test truth with `make score CSV=<file>`")
-        folder = prediction_dir(variant.name, "val", competition)
-        if not (folder / "run.json").exists():
-            raise ConfigError(f"{variant.name} was never predicted on {competition.root}: run "
-                              f"`make submit VARIANT={variant.name}" + (f" DATA={args.data}`" if args.data else "`"))
-        scores = score_split(competition, "val", folder, variant.name)
+        scores = score_variant(variant.name, load_competition(variant.data), data_root=args.data)
         where = f"{variant.name} on the validation split"
     else:
         raise ConfigError("score needs --variant NAME (validation split) or --csv FILE (test truth)")
@@ -241,7 +236,7 @@ def cmd_score(args) -> None:
 def cmd_leaderboard(args) -> None:
     split = None
     if args.data:
-        from pipeline.predict import split_fingerprint
+        from pipeline.score import split_fingerprint
 
         split = split_fingerprint(load_competition(_data_config(args), check_images=False), "val")
     print(Leaderboard().format(all_rows=args.all, split=split))
@@ -257,36 +252,15 @@ def cmd_compare(args) -> None:
     print(f"{report.html} and {report.png}: {len(report.variants)} variant(s): {', '.join(report.variants)}")
 
 
-def _latest_row(variant_name: str, data_root: Path):
-    """The variant's newest leaderboard row made on `data_root`."""
-    table = Leaderboard().read()
-    rows = table[table["variant"] == variant_name]
-    if rows.empty:
-        raise ConfigError(f"variant {variant_name!r} has no submission yet: run `make submit VARIANT={variant_name}`")
-    same = rows[rows["data"].map(lambda d: Path(str(d)).resolve() == Path(data_root).resolve())]
-    if same.empty:
-        folders = ", ".join(sorted({str(d) for d in rows["data"]}))
-        raise ConfigError(f"{variant_name} was submitted on {folders}, not on {data_root}: pass DATA=<that folder> "
-                          f"(make kaggle-submit VARIANT={variant_name} DATA=...), or run "
-                          f"`make submit VARIANT={variant_name} DATA={data_root}` first")
-    return same.iloc[-1]
-
-
 def cmd_kaggle_submit(args) -> None:
     from pipeline import kaggle
-    from pipeline.submission import validate_submission
-    from pipeline.submit import kaggle_message
+    from pipeline.submit import upload_submission
 
+    kaggle.check_slug(args.competition)
     variant = _variant(args)
     competition = load_competition(variant.data, check_images=False)
-    row = _latest_row(variant.name, competition.root)
-    csv = Path(row["submission"])
-    # a bad file never costs one of the day's submissions: the competition's format, scale and ids
-    result = validate_submission(csv, competition)
-    if result.sha256 != row["sha256"]:
-        raise ConfigError(f"{csv} changed since it was recorded; run `make submit VARIANT={variant.name}` again")
-    found = kaggle.submit(args.competition, csv, kaggle_message(row))
-    Leaderboard().update_kaggle(result.sha256, found.ref, found.status, found.public_score)
+    row, found = upload_submission(variant, competition, args.competition, Leaderboard())
+    csv = row["submission"]
     print(f"submitted {csv} to {args.competition} (channels {row['channels']}): ref {found.ref}, status {found.status}"
           + (f", public score {found.public_score}" if found.public_score is not None else ""))
 
@@ -294,13 +268,9 @@ def cmd_kaggle_submit(args) -> None:
 def cmd_kaggle_scores(args) -> None:
     from pipeline import kaggle
 
+    kaggle.check_slug(args.competition)
     leaderboard = Leaderboard()
-    known = set(leaderboard.read()["sha256"].dropna())
-    updated = 0
-    for submission in reversed(kaggle.list_submissions(args.competition)):  # oldest first: newest wins
-        sha = next((s for s in known if f"[sha {s[:12]}]" in (submission.description or "")), None)
-        if sha and leaderboard.update_kaggle(sha, submission.ref, submission.status, submission.public_score):
-            updated += 1
+    updated = leaderboard.update_from_kaggle(kaggle.list_submissions(args.competition))
     print(f"{updated} leaderboard row(s) updated from {args.competition}'s submissions")
     print(leaderboard.format())
 
@@ -308,6 +278,8 @@ def cmd_kaggle_scores(args) -> None:
 def cmd_serve(args) -> None:
     from pipeline.serve import serve
 
+    if args.max_pixels < 1:
+        raise PipelineError(f"--max-pixels {args.max_pixels}: the largest photo accepted must be at least 1 pixel")
     serve(data_root=args.data, host=args.host, port=args.port, max_pixels=args.max_pixels)
 
 
@@ -320,11 +292,13 @@ def cmd_duplicates(args) -> None:
     print(step.table)
     print(f"{step.file}: the matches ({'searched now' if step.searched else 'current, reused'}); {step.html}: the "
           f"closest pairs side by side")
+    print(f"next: {NextStep('submit', {'variant': 'nearest', 'data': args.data})}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="One command per step of the flow: "
+                                     "data -> predict -> submit (CSV, scores, leaderboard row) -> compare; "
+                                     "`<command> --help` shows its options.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func, help: str, variant: bool = False, data: bool = True):
@@ -345,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("data", cmd_data, "download a Kaggle competition and validate it", data=False)
     p.add_argument("--competition", required=True, help="the competition's slug (from its URL)")
     p.add_argument("--force", action="store_true", help="download again even if present")
+    p = add("weights", cmd_weights, "download a pretrained inpainter's published TorchScript file into weights/ "
+            "(resumable, checksum verified)", data=False)
+    p.add_argument("--name", required=True, choices=tuple(PUBLISHED), help="big-lama (LaMa) or migan (MI-GAN)")
+    p.add_argument("--dir", help="folder to put it in (default: weights/)")
+    p.add_argument("--url", help="a mirror to download from (default: the published release address)")
+    p.add_argument("--md5", help="the mirror's MD5 (default: the published one)")
+    p.add_argument("--force", action="store_true", help="download again even if the file is here")
     p = add("predict", cmd_predict, "predict the validation split and the test set", variant=True)
     p.add_argument("--splits", default="val,test")
     add("submit", cmd_submit, "predict, write and validate the submission CSV, score, record", variant=True)
@@ -391,11 +372,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close the bars an error left open (a training loop, say), so that its message starts on a
+    line of its own instead of being glued to a bar."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
+    render_with(render_step)  # every next step a message names reads as this process was started
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except PipelineError as exc:  # errors a person acts on carry their own message
+        _close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        _close_progress_bars()
+        # a write that does not name its file itself: say what we know
+        print(f"error: the disk is full ({exc.strerror}){f' writing {exc.filename}' if exc.filename else ''}; "
+              "free some space and run again", file=sys.stderr)
         return 2
     return 0

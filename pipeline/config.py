@@ -1,20 +1,26 @@
-"""Typed configuration: one YAML file per variant under configs/, loaded into dataclasses.
+"""Typed configuration: one YAML file per variant under configs/, loaded into dataclasses that
+pydantic checks.
 
 A variant file names the inpainting `method` and its `params`; the `data` block describes the
 competition (box size and count, validation split). The variant's `name` is what the leaderboard
-shows. Unknown keys are errors, so a typo never silently falls back to a default.
+shows. Unknown keys are errors, so a typo never silently falls back to a default; a value of the
+wrong type or out of range is an error naming the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Callable, Literal, get_args, get_origin
 
+import pydantic
 import yaml
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # configs/ of a checkout; an installed package (`pip install .`) carries them as pipeline/configs/
@@ -30,29 +36,41 @@ class ConfigError(PipelineError, ValueError):
     """A config file or value a person has to fix; the message names the file and the key."""
 
 
-LAYOUTS = ("auto", "photo-reconstruction", "generic")
-CHANNEL_ORDERS = ("rgb", "bgr")
-VALUE_KINDS = ("decimal", "integer")
-VAL_INPUTS = ("masked", "clean")
+# params renamed since configs were written with them: old key -> its name now
+RENAMED_PARAMS = {"hole_init": "hole_fill", "prefill": "hole_fill"}
+
+Layout = Literal["auto", "photo-reconstruction", "generic"]
+ChannelOrder = Literal["rgb", "bgr"]
+ValueKind = Literal["decimal", "integer"]
+ValInputs = Literal["masked", "clean"]
+
+# Field types with their bounds; a failing value's message says them in words (see `_expected`)
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+YamlPath = Annotated[Path, Field(strict=False)]  # YAML gives a string
+
+# strict: no value is converted (not "3" to 3, not 1 to True) except YAML's int where a float is meant
+CHECKED = ConfigDict(strict=True, extra="forbid")
 
 
-@dataclass
+@dataclass(config=CHECKED)
 class DataConfig:
     """Where the competition lies, how its files are laid out and what its submission looks like."""
 
-    root: Path = Path("data/sample")  # competition folder (its Dataset/ folder is found inside)
-    truth: Path | None = Path("data/sample-truth")  # unmasked test images, when known (sample)
+    root: YamlPath = Path("data/sample")  # competition folder (its Dataset/ folder is found inside)
+    truth: YamlPath | None = Path("data/sample-truth")  # unmasked test images, when known (sample)
     # auto: photo-reconstruction when a Training_Data/ + Testing_Data/ pair lies under root,
     # else generic (train/<class>/ + test/ + a bbox CSV); see pipeline/data/competition.py
-    layout: str = "auto"
-    image_size: int = 256
-    box_size: int = 75
-    boxes_per_image: int = 2
-    val_count: int = 24  # training images held out, with fixed boxes, for local scoring
-    val_seed: int = 0
+    layout: Layout = "auto"
+    image_size: NonNegative = 256
+    box_size: NonNegative = 75
+    boxes_per_image: Positive = 2
+    val_count: NonNegative = 24  # training images held out, with fixed boxes, for local scoring
+    val_seed: NonNegative = 0
     # val model input: masked = the competition's masked JPEG copy (photo-reconstruction layout:
     # the same compression artefacts as the test set), clean = the photo with its boxes blanked
-    val_inputs: str = "masked"
+    val_inputs: ValInputs = "masked"
     bbox_csv: str | None = None  # generic layout: file name inside root; None: the one bbox CSV
     train_dir: str = "train"  # generic layout
     test_dir: str = "test"  # generic layout
@@ -62,14 +80,14 @@ class DataConfig:
     # or a YAML file; channels / values override the format's (values: the sample submission's
     # range decides when it is unset and the competition ships one)
     format: str = "auto"
-    channels: str | None = None  # rgb (channel 0 = red) | bgr (channel 0 = blue)
-    values: str | None = None  # decimal (pixel/255, 0..1) | integer (0..255)
+    channels: ChannelOrder | None = None  # rgb (channel 0 = red) | bgr (channel 0 = blue)
+    values: ValueKind | None = None  # decimal (pixel/255, 0..1) | integer (0..255)
     # ids of a sample_submission.csv that the format's id template does not describe: a regex with
     # the groups image, box (optional with image coordinates), row, col, channel
     id_pattern: str | None = None
 
 
-@dataclass
+@dataclass(config=CHECKED)
 class VariantConfig:
     """One leaderboard entry: a method, its parameters, and the data it runs on."""
 
@@ -78,8 +96,8 @@ class VariantConfig:
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
-    batch_size: int = 8
-    source: Path | None = None  # the YAML file this came from
+    batch_size: Positive = 8
+    source: YamlPath | None = None  # the YAML file this came from
     overrides: dict[str, str] = field(default_factory=dict)  # params given as --param key=value
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,8 +115,62 @@ def param_where(variant: VariantConfig, key: str) -> str:
     return f"{variant.source or variant.name}: params.{key}"
 
 
-def _build(cls, values: dict[str, Any], where: str):
-    """Instantiate dataclass `cls` from `values`, rejecting unknown keys by name."""
+def _expected(info) -> str:
+    """What a field takes, in words, from its type and bounds: 'float', 'a positive integer'."""
+    kind, options = info.annotation, get_args(info.annotation)
+    optional = type(None) in options and get_origin(kind) is not Literal
+    if optional:
+        kind = next(option for option in options if option is not type(None))
+    if get_origin(kind) is Annotated:  # YamlPath
+        kind = get_args(kind)[0]
+    bounds = {name: getattr(m, name) for m in info.metadata for name in ("ge", "le") if hasattr(m, name)}
+    if kind is int and bounds in ({"ge": 0}, {"ge": 1}):
+        words = "a non-negative integer" if bounds["ge"] == 0 else "a positive integer"
+    elif bounds == {"ge": 0, "le": 1}:
+        words = "a fraction 0..1"
+    elif bounds:
+        words = f"{kind.__name__} " + " and ".join(f"{'>=' if k == 'ge' else '<='} {v}" for k, v in bounds.items())
+    elif kind is dict or get_origin(kind) is dict:
+        words = "a mapping"
+    else:
+        words = getattr(kind, "__name__", str(kind))
+    return words + (" or null" if optional else "")
+
+
+def _problems(error: pydantic.ValidationError, cls, where: Callable[[str], str]) -> str:
+    """The ValidationError's problems, one a line, each naming its key through `where`."""
+    fields = cls.__pydantic_fields__
+    lines = []
+    for problem in error.errors(include_url=False):
+        key, *inner = [str(part) for part in problem["loc"]] or [""]
+        got = problem.get("input")
+        if inner:  # inside a mapping's value
+            lines.append(f"{where(key)}: {'.'.join(inner)}: {problem['msg']}, got {got!r}")
+        elif problem["type"] == "missing":
+            lines.append(f"{where(key)}: missing")
+        elif problem["type"] == "literal_error":
+            choices = get_args(fields[key].annotation)
+            choices = get_args(choices[0]) if get_origin(choices[0]) is Literal else choices  # X | None
+            lines.append(f"{where(key)}: {got!r} is not one of {', '.join(map(str, choices))}")
+        elif key in fields:
+            lines.append(f"{where(key)}: expected {_expected(fields[key])}, got {got!r}")
+        else:
+            lines.append(f"{where(key)}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+@functools.cache
+def _checked(cls):
+    """`cls` if pydantic checks it, else a pydantic copy of the plain dataclass (a method's params)."""
+    if pydantic.dataclasses.is_pydantic_dataclass(cls):
+        return cls
+    return dataclass(cls, config=CHECKED)
+
+
+def _build(cls, values: dict[str, Any], where: str, key_where: Callable[[str], str] | None = None):
+    """Instantiate dataclass `cls` from `values`, rejecting unknown keys by name and, through pydantic,
+    values of the wrong type or out of bounds: ConfigError naming `key_where(key)` (default
+    `where.key`) and what the key takes."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -107,7 +179,12 @@ def _build(cls, values: dict[str, Any], where: str):
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
         )
-    return cls(**values)
+    checked = _checked(cls)
+    try:
+        obj = checked(**values)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_problems(exc, checked, key_where or (lambda key: f"{where}.{key}"))) from None
+    return obj if checked is cls else cls(**{name: getattr(obj, name) for name in known})
 
 
 def parse_params(cls, params: dict[str, Any], variant: VariantConfig):
@@ -119,37 +196,18 @@ def parse_params(cls, params: dict[str, Any], variant: VariantConfig):
     if given:
         raise ConfigError(f"--param {given[0]}={variant.overrides[given[0]]}: {variant.method} has no parameter "
                           f"{given[0]!r}; allowed: {', '.join(sorted(known))}")
-    obj = _build(cls, dict(params), f"{variant.source or variant.name}: params")
-    for f in dataclasses.fields(cls):
-        value = getattr(obj, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        # YAML gives ints where floats are meant; anything else of the wrong type is an error
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            setattr(obj, f.name, float(value))
-        elif default is not None and not isinstance(value, type(default)):
-            raise ConfigError(f"{param_where(variant, f.name)}: expected {type(default).__name__}, got {value!r}")
-    return obj
+    return _build(cls, dict(params), f"{variant.source or variant.name}: params",
+                  lambda key: param_where(variant, key))
 
 
 def data_config(values: dict[str, Any] | None = None, where: str = "data") -> DataConfig:
     """DataConfig from a mapping (paths converted); checks box geometry is possible."""
     values = dict(values or {})
+    if "truth" in values and not values["truth"]:
+        values["truth"] = None  # "" as well: no ground truth
     cfg = _build(DataConfig, values, where)
-    cfg.root = Path(cfg.root)
-    cfg.truth = Path(cfg.truth) if cfg.truth else None
     if cfg.box_size <= 0 or cfg.box_size > cfg.image_size:
         raise ConfigError(f"{where}.box_size: {cfg.box_size} does not fit a {cfg.image_size} image")
-    for name in ("image_size", "box_size", "boxes_per_image", "val_count", "val_seed"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{where}.{name}: expected a non-negative integer, got {value!r}")
-    if cfg.boxes_per_image < 1:
-        raise ConfigError(f"{where}.boxes_per_image: must be at least 1")
-    for name, allowed in (("layout", LAYOUTS), ("channels", CHANNEL_ORDERS), ("values", VALUE_KINDS),
-                          ("val_inputs", VAL_INPUTS)):
-        value = getattr(cfg, name)
-        if value is not None and value not in allowed:
-            raise ConfigError(f"{where}.{name}: {value!r} is not one of {', '.join(allowed)}")
     for name in ("id_pattern", "label_pattern"):
         pattern = getattr(cfg, name)
         try:
@@ -160,6 +218,18 @@ def data_config(values: dict[str, Any] | None = None, where: str = "data") -> Da
     if "label" not in re.compile(cfg.label_pattern).groupindex:
         raise ConfigError(f"{where}.label_pattern: needs a named group (?P<label>...)")
     return cfg
+
+
+def check_renamed_params(params: Any, where: str) -> None:
+    """ConfigError naming `where` (a file) when `params` uses a key that has been renamed."""
+    old = sorted(set(params) & set(RENAMED_PARAMS)) if isinstance(params, dict) else []
+    if old:
+        raise ConfigError(f"{where}: params.{old[0]}: this key is now `{RENAMED_PARAMS[old[0]]}`; rename it in the file")
+
+
+def with_current_names(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` (e.g. as a checkpoint stored them) with renamed keys under their names now."""
+    return {RENAMED_PARAMS.get(key, key): value for key, value in params.items()}
 
 
 def resolve_variant_path(name_or_path: str | Path) -> Path:
@@ -181,7 +251,9 @@ def load_variant(name_or_path: str | Path, data_root: str | Path | None = None) 
     differs from the sample, the sample's ground-truth folder no longer applies.
     """
     path = resolve_variant_path(name_or_path)
-    return variant_from_dict(read_yaml(path), source=path, data_root=data_root)
+    raw = read_yaml(path)
+    check_renamed_params(raw.get("params") if isinstance(raw, dict) else None, str(path))
+    return variant_from_dict(raw, source=path, data_root=data_root)
 
 
 def read_yaml(path: Path):
@@ -212,13 +284,14 @@ def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[Va
     unknown = sorted(set(raw) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SWEEP_KEYS)}")
-    base = raw.get("base")
+    base, base_where = raw.get("base"), f"{path}: base"
     if isinstance(base, str):
         beside = path.parent / base  # a file name relative to the sweep file
         base_path = beside if beside.suffix in (".yaml", ".yml") and beside.exists() else resolve_variant_path(base)
-        base = read_yaml(base_path)
+        base, base_where = read_yaml(base_path), str(base_path)
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: expected a variant config name/path or a mapping")
+    check_renamed_params(base.get("params"), base_where)
     entries = raw.get("variants")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: variants: expected a non-empty list of mappings with a name")
@@ -233,6 +306,7 @@ def load_sweep(path: str | Path, data_root: str | Path | None = None) -> list[Va
         if name in seen:
             raise ConfigError(f"{where}: name {name!r} appears twice")
         seen.add(name)
+        check_renamed_params(entry.get("params"), where)
         merged = {**base, **entry}
         for key in ("params", "data"):
             if not isinstance(entry.get(key, {}), dict):
@@ -256,13 +330,14 @@ def variant_from_dict(
         if Path(data_root) != Path(data.get("root", DataConfig.root)):
             data["truth"] = None  # the config's ground truth belongs to its own data folder
         data["root"] = data_root
-    variant = _build(VariantConfig, raw, where)
-    if not isinstance(variant.name, str) or not re.fullmatch(VARIANT_NAME, variant.name):
+    for key in ("params", "description"):
+        if key in raw and raw[key] is None:  # `params:` with nothing under it
+            del raw[key]
+    raw["data"] = data_config(data, f"{where}: data")
+    variant = _build(VariantConfig, raw, where, lambda key: f"{where}: {key}")
+    if not re.fullmatch(VARIANT_NAME, variant.name):
         raise ConfigError(f"{where}: name {variant.name!r}: letters, digits, '.', '_' and '-' only "
                           "(it names submissions/<name>.csv)")
-    if not isinstance(variant.batch_size, int) or variant.batch_size < 1:
-        raise ConfigError(f"{where}: batch_size: expected a positive integer, got {variant.batch_size!r}")
-    variant.data = data_config(data, f"{where}: data")
-    variant.params = dict(variant.params or {})
+    variant.params = dict(variant.params)
     variant.source = source
     return variant

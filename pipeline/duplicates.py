@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,9 @@ from tqdm import tqdm
 
 from pipeline.data.boxes import Box, apply_mask, boxes_mask
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, read_image
+from pipeline.data.predictions import PREDICTIONS_DIR, competition_key
+from pipeline.files import atomic_write
+from pipeline.score import split_fingerprint
 
 DUPLICATES_FILE = "duplicates.json"
 # a match at or under this known-pixel RMSE is a copy (configs/nearest.yaml: max_known_rmse; the
@@ -341,10 +343,8 @@ def queries_of(competition: Competition, margin: int) -> list[Query]:
 
 
 def fingerprints(competition: Competition) -> dict[str, str]:
-    """What the matches depend on: the val and test splits (pipeline.predict's fingerprints) and
+    """What the matches depend on: the val and test splits (pipeline.score's fingerprints) and
     the photo pool (each photo's id, path, size, modification time)."""
-    from pipeline.predict import split_fingerprint
-
     pool = []
     for record in photo_pool(competition):
         info = record.path.stat()
@@ -378,16 +378,12 @@ def find_duplicates(competition: Competition, params: SearchParams = SearchParam
 
 def duplicates_path(competition: Competition, root: Path | None = None) -> Path:
     """data/predictions/<competition>/duplicates.json (the predictions' folder of that data folder)."""
-    from pipeline.predict import PREDICTIONS_DIR, competition_key
-
     return Path(root or PREDICTIONS_DIR) / competition_key(competition) / DUPLICATES_FILE
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def save(result: DuplicatesResult, competition: Competition, root: Path | None = None) -> Path:

@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -161,8 +162,22 @@ def check_credentials() -> None:
     raise KaggleError(f"No Kaggle API credentials found (looked for {config_file}).{detail} {TOKEN_HELP}")
 
 
+_SLUG = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
+
+
+def check_slug(slug: str) -> None:
+    """Raises KaggleError unless `slug` looks like a competition slug (letters, digits, dashes):
+    it becomes a folder name (data/raw/<slug>) and part of URLs."""
+    if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
+        raise KaggleError(
+            f"{slug!r} is not a competition slug: it is letters, digits and dashes, the part after "
+            f"/competitions/ in the competition URL (https://www.kaggle.com/competitions/<slug>)."
+        )
+
+
 def _authenticated_api(slug: str) -> "KaggleApi":
     """Returns a KaggleApi that has authenticated with the credentials present now."""
+    check_slug(slug)
     try:
         check_credentials()
     except KaggleError as exc:

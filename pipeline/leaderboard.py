@@ -22,16 +22,16 @@ rewritten: it stops the command with the line to mend.
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
-import os
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import PipelineError
+from pipeline.config import ConfigError, PipelineError
+from pipeline.data.competition import competition_home
+from pipeline.files import atomic_write, disk_full, locked
+from pipeline.next_step import NextStep
 
 LEADERBOARD_PATH = Path("submissions/leaderboard.csv")
 COLUMNS = [
@@ -43,6 +43,7 @@ COLUMNS = [
 NUMBERS = ["val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse", "seconds_per_image", "rows",
            "kaggle_public_score"]
 TEXT = [c for c in COLUMNS if c not in NUMBERS]
+JSON = ["val_rmse_by_class", "config"]
 SHOWN = ["variant", "method", "channels", "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse",
          "kaggle_public_score", "seconds_per_image", "submitted_at"]
 
@@ -65,29 +66,42 @@ class Leaderboard:
             return 0
         recover = (f"the rows before that line are intact: move the file aside (mv {self.path} {self.path}.damaged), "
                    f"or mend or delete the line; nothing was written")
+        line = 1
         try:
             with open(self.path, newline="", encoding="utf-8") as f:
-                reader = csv.reader(f)
+                # strict: a quoted field still open at the end of the file (cut off) is an error
+                reader = csv.reader(f, strict=True)
                 header = next(reader, None)
                 if not header or "variant" not in header or "val_rmse" not in header:
                     raise LeaderboardError(f"{self.path}: line 1: header {header} is not the leaderboard's; {recover}")
                 rows = 0
-                for row in reader:
+                while True:
+                    line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
+                    row = next(reader, None)
+                    if row is None:
+                        break
                     if len(row) != len(header):
-                        raise LeaderboardError(f"{self.path}: line {reader.line_num}: {len(row)} fields, expected "
+                        raise LeaderboardError(f"{self.path}: line {line}: {len(row)} fields, expected "
                                                f"{len(header)} (truncated or hand-edited); {recover}")
                     for name, value in zip(header, row):
                         if name in NUMBERS and value.strip():
                             try:
                                 float(value)
                             except ValueError:
-                                raise LeaderboardError(f"{self.path}: line {reader.line_num}: {name} {value!r} is not "
+                                raise LeaderboardError(f"{self.path}: line {line}: {name} {value!r} is not "
                                                        f"a number; {recover}") from None
+                        if name in JSON and value.strip():
+                            try:
+                                json.loads(value)
+                            except ValueError:
+                                raise LeaderboardError(f"{self.path}: line {line}: {name} is not valid JSON "
+                                                       f"({_clip(value)}; truncated or hand-edited); {recover}") from None
                     rows += 1
         except UnicodeDecodeError as exc:
             raise LeaderboardError(f"{self.path}: not UTF-8 text ({exc}); {recover}") from None
         except csv.Error as exc:
-            raise LeaderboardError(f"{self.path}: malformed CSV ({exc}); {recover}") from None
+            raise LeaderboardError(f"{self.path}: line {line}: malformed CSV ({exc}; a quoted field cut off "
+                                   f"or hand-edited); {recover}") from None
         return rows
 
     def read(self) -> pd.DataFrame:
@@ -95,7 +109,12 @@ class Leaderboard:
         if not self.path.exists():
             return pd.DataFrame(columns=COLUMNS)
         self.check()
-        table = pd.read_csv(self.path, dtype={c: str for c in TEXT}, keep_default_na=False, na_values={c: [""] for c in NUMBERS})
+        try:
+            table = pd.read_csv(self.path, dtype={c: str for c in TEXT}, keep_default_na=False,
+                                na_values={c: [""] for c in NUMBERS})
+        except pd.errors.ParserError as exc:  # what check() did not foresee, still without a traceback
+            raise LeaderboardError(f"{self.path}: malformed CSV ({exc}); move it aside (mv {self.path} "
+                                   f"{self.path}.damaged) or mend it; nothing was written") from None
         for column in COLUMNS:
             if column not in table:
                 table[column] = None
@@ -106,18 +125,15 @@ class Leaderboard:
     def _write(self, table: pd.DataFrame, before: int) -> None:
         if len(table) < before:  # never lose a row someone recorded
             raise LeaderboardError(f"{self.path}: refusing to write {len(table)} rows over {before}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, self.path)
+        try:
+            with atomic_write(self.path) as tmp:
+                table.to_csv(tmp, index=False)
+        except OSError as exc:
+            raise disk_full(exc, self.path, "the leaderboard is unchanged") or exc from None
 
-    @contextmanager
     def _locked(self):
         """Serialise read-modify-write between processes (two submits at once)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return locked(self.path.with_name(f".{self.path.name}.lock"), f"updating {self.path}")
 
     def record(self, entry: dict) -> dict:
         """Append one submission's row; unknown keys are an error, missing ones empty."""
@@ -167,6 +183,52 @@ class Leaderboard:
         table = self.read()
         return None if table.empty else table["split"].iloc[-1]
 
+    def submitted_on(self, variant_name: str, data_root: str | Path) -> pd.Series:
+        """The variant's newest row made on the data folder `data_root`, however it was spelled
+        (data/x and data/x/Dataset are one competition); ConfigError if none."""
+        table = self.read()
+        rows = table[table["variant"] == variant_name]
+        if rows.empty:
+            raise ConfigError(f"variant {variant_name!r} has no submission yet: run "
+                              f"`{NextStep('submit', {'variant': variant_name})}`")
+        same = rows[rows["data"].map(competition_home) == competition_home(data_root)]
+        if same.empty:
+            # the folders it was submitted on, newest first, each once
+            folders = list(dict.fromkeys(str(d) for d in reversed(rows["data"].tolist())))
+            shown = ", ".join(folders[:3]) + (f" (and {len(folders) - 3} older)" if len(folders) > 3 else "")
+            raise ConfigError(
+                f"{variant_name} was submitted on {shown}, not on {data_root}: pass that folder "
+                f"(`{NextStep('kaggle-submit', {'variant': variant_name, 'competition': '<slug>', 'data': '<folder>'})}`), "
+                f"or run `{NextStep('submit', {'variant': variant_name, 'data': data_root})}` first")
+        return same.iloc[-1]
+
+    def written_for_other_data(self, csv: Path, data_root: str | Path, sha256: str | None = None) -> str | None:
+        """Where this leaderboard says `csv` (as it is now, of checksum `sha256` if known) was
+        written, when that is other data than `data_root`; None when it was written for it, or is
+        not recorded. Called once a check failed: the common path hashes the file once."""
+        if not Path(csv).is_file():
+            return None
+        try:
+            table = self.read()
+        except PipelineError:
+            return None
+        rows = table[table["sha256"] == (sha256 or file_sha256(Path(csv)))]
+        if rows.empty or (rows["data"].map(competition_home) == competition_home(data_root)).any():
+            return None
+        row = rows.iloc[-1]
+        return f"{csv} was written for {row['data']} (variant {row['variant']}, {row['submitted_at']}), not for {data_root}"
+
+    def update_from_kaggle(self, submissions) -> int:
+        """Copy the ref, status and public score of each Kaggle submission (kaggle.KaggleSubmission,
+        newest first) to the rows whose checksum its message carries; the number updated."""
+        known = set(self.read()["sha256"].dropna())
+        updated = 0
+        for submission in reversed(submissions):  # oldest first: newest wins
+            sha = next((s for s in known if _sha_tag(s) in (submission.description or "")), None)
+            if sha and self.update_kaggle(sha, submission.ref, submission.status, submission.public_score):
+                updated += 1
+        return updated
+
     def format(self, all_rows: bool = False, variants: list[str] | None = None, split: str | None = None) -> str:
         """The ranking on one validation split (`split`, or the newest row's), then the rows
         scored on other splits, apart, each under its data folder."""
@@ -183,6 +245,32 @@ class Leaderboard:
             parts.append(f"\nscored on another validation split ({other or 'none'}; {data}): not ranked with the above\n"
                          + _table(group))
         return "\n".join(parts)
+
+
+def kaggle_message(row) -> str:
+    """The submission message Kaggle shows: variant, description, channel order, checksum."""
+    return (f"{row['variant']}: {row['description'] or row['method']} [channels {row['channels']}] "
+            f"{_sha_tag(str(row['sha256']))}")
+
+
+def _sha_tag(sha256: str) -> str:
+    """How a submission message names its CSV, so kaggle-scores finds the row again."""
+    return f"[sha {sha256[:12]}]"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 4 MB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _clip(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")
 
 
 def _table(table: pd.DataFrame) -> str:

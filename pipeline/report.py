@@ -41,10 +41,12 @@ from tqdm import tqdm
 from pipeline.config import ConfigError, DataConfig, data_config, variant_from_dict
 from pipeline.data.boxes import apply_mask, box_pixels, boxes_mask
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
+from pipeline.data.predictions import PREDICTIONS_DIR, prediction_dir
+from pipeline.files import write_bytes_atomic
 from pipeline.inpainters.base import METHODS
 from pipeline.leaderboard import Leaderboard
-from pipeline.predict import PREDICTIONS_DIR, prediction_dir, split_fingerprint, truth_path
-from pipeline.score import rmse
+from pipeline.next_step import NextStep
+from pipeline.score import rmse, split_fingerprint, truth_path
 
 REPORT_PATH = Path("submissions/report.html")
 # the classical methods are the baselines every learned variant has to beat
@@ -93,13 +95,14 @@ def apart_rows(leaderboard: Leaderboard, variants: Sequence[str] | None = None,
 def _selected(leaderboard: Leaderboard, variants: Sequence[str] | None) -> pd.DataFrame:
     table = leaderboard.latest()
     if table.empty:
-        raise ConfigError(f"{leaderboard.path}: no submissions yet; run `make submit VARIANT=telea` (or `make demo`)")
+        raise ConfigError(f"{leaderboard.path}: no submissions yet; run `{_submit('telea')}`")
     if variants:
         missing = [v for v in variants if v not in set(table["variant"])]
         if missing:
             raise ConfigError(
                 f"{leaderboard.path}: no submission of {', '.join(missing)}; recorded: "
-                f"{', '.join(sorted(set(table['variant'])))}. Run `make submit VARIANT={missing[0]}` or fix VARIANTS="
+                f"{', '.join(sorted(set(table['variant'])))}. Run `{_submit(missing[0])}` or leave it out of the "
+                "variants asked for"
             )
         table = table[table["variant"].isin(variants)].reset_index(drop=True)
     return table
@@ -149,8 +152,13 @@ def gallery_data(rows: pd.DataFrame, data_root: str | Path | None = None) -> Dat
             return variant_from_dict(config, data_root=data_root).data
     root = data_root or rows.iloc[0]["data"]
     if not isinstance(root, (str, Path)) or not str(root):
-        raise CompetitionError("no leaderboard row records its data folder; pass --data (make compare DATA=...)")
+        raise CompetitionError("no leaderboard row records its data folder; name it: "
+                               f"`{NextStep('compare', {'data': '<folder>'})}`")
     return data_config({"root": root, "truth": None})
+
+
+def _submit(variant: str) -> NextStep:
+    return NextStep("submit", {"variant": variant})
 
 
 def gallery_records(competition: Competition, count: int) -> list[ImageRecord]:
@@ -207,7 +215,7 @@ def load_gallery(rows: pd.DataFrame, competition: Competition, count: int = GALL
         run_file = folder / "run.json"
         gallery.predictions[name] = None
         if not run_file.exists():
-            gallery.notes[name] = f"no validation predictions in {folder}; run `make submit VARIANT={name}`"
+            gallery.notes[name] = f"no validation predictions in {folder}; run `{_submit(name)}`"
             continue
         run = json.loads(run_file.read_text())
         made_on = run.get("variant", {}).get("data", {})
@@ -217,18 +225,18 @@ def load_gallery(rows: pd.DataFrame, competition: Competition, count: int = GALL
                 f"{made_on.get('root')}, val_count {made_on.get('val_count')}, val_seed "
                 f"{made_on.get('val_seed')}) than the gallery's ({competition.config.root}, "
                 f"{competition.config.val_count}, {competition.config.val_seed}); "
-                f"run `make submit VARIANT={name}` on this data")
+                f"run `{_submit(name)}` on this data")
             continue
         missing = [r.image_id for r in records if not (folder / f"{r.image_id}.png").exists()]
         if missing:
             gallery.notes[name] = (f"{folder}: {len(missing)} gallery image(s) missing (e.g. {missing[0]}.png); "
-                                   f"run `make submit VARIANT={name}`")
+                                   f"run `{_submit(name)}`")
             continue
         gallery.predictions[name] = [read_image(folder / f"{r.image_id}.png", size) for r in records]
         recorded = _json(row.get("config"))
         if recorded and run.get("variant") != recorded:
             gallery.notes[name] = (f"{folder} was predicted with another config than the leaderboard row "
-                                   f"shows; run `make submit VARIANT={name}` to bring them together")
+                                   f"shows; run `{_submit(name)}` to bring them together")
     return gallery
 
 
@@ -362,13 +370,6 @@ def _stack_png(images: Sequence[bytes]) -> bytes:
     if not ok:
         raise OSError("could not encode the report PNG")
     return encoded.tobytes()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _data_uri(png: bytes) -> str:
@@ -514,7 +515,7 @@ def build_report(leaderboard: Leaderboard, out: Path = REPORT_PATH, variants: Se
 
     pngs = [p for p in (chart_png, heatmap_png, gallery_png) if p is not None]
     png_path = out.with_suffix(".png")
-    _write_atomic(png_path, _stack_png(pngs))
+    write_bytes_atomic(png_path, _stack_png(pngs))
 
     run_dirs = sorted({str(Path(d).parent) for d in rows["run_dir"].dropna() if isinstance(d, str) and Path(d).exists()})
     page = page_template().render(
@@ -526,5 +527,5 @@ def build_report(leaderboard: Leaderboard, out: Path = REPORT_PATH, variants: Se
         heatmap=_data_uri(heatmap_png) if heatmap_png is not None else None,
         gallery_note=gallery_note, gallery=_data_uri(gallery_png) if gallery_png is not None else None,
         run_dirs=run_dirs)
-    _write_atomic(out, page.encode("utf-8"))
+    write_bytes_atomic(out, page.encode("utf-8"))
     return Report(out, png_path, list(rows["variant"]), notes)

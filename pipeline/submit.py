@@ -10,13 +10,14 @@ CSV is replaced, so a row's scores are always its own run's and its file is the 
 
 from __future__ import annotations
 
-import fcntl
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
-from pipeline.config import VariantConfig
+from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition
-from pipeline.leaderboard import Leaderboard
+from pipeline.files import locked
+from pipeline.leaderboard import Leaderboard, kaggle_message
+from pipeline.next_step import NextStep
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -36,8 +37,9 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
 
     Returns the row ({} on processes other than the main one, which alone writes).
     """
-    from pipeline.predict import load_prediction, process_state, score_split, truth_boxes, variant_lock
-    from pipeline.score import score_boxes
+    from pipeline.data.predictions import load_prediction
+    from pipeline.predict import process_state, variant_lock
+    from pipeline.score import score_boxes, score_split, truth_boxes
     from pipeline.submission import read_submission, submission_spec, write_submission
 
     state = process_state()
@@ -53,7 +55,7 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
         val = score_split(competition, "val", runs["val"].folder, variant.name) if "val" in runs else None
         path = out_dir / f"{variant.name}.csv"
         # runs of this variant on other data write the same file: write, read back and record in turn
-        with _csv_lock(path):
+        with locked(path.with_name(f".{path.name}.lock"), f"writing {path}"):
             csv = write_submission(path, competition, lambda i: load_prediction(test_folder, competition.test[i], size),
                                    spec=spec)
             test_rmse = None
@@ -64,17 +66,9 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
             return leaderboard.record(_entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir))
 
 
-@contextmanager
-def _csv_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> dict:
     """The leaderboard row of one submission."""
-    from pipeline.predict import split_fingerprint
+    from pipeline.score import split_fingerprint
 
     return {
         "variant": variant.name, "method": variant.method, "description": variant.description,
@@ -89,7 +83,34 @@ def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> di
     }
 
 
-def kaggle_message(row) -> str:
-    """The submission message Kaggle shows: variant, description, channel order, checksum."""
-    return (f"{row['variant']}: {row['description'] or row['method']} [channels {row['channels']}] "
-            f"[sha {str(row['sha256'])[:12]}]")
+def upload_submission(variant: VariantConfig, competition: Competition, slug: str, leaderboard: Leaderboard):
+    """Upload the variant's newest CSV made on `competition` to the Kaggle competition `slug`,
+    once it validates and is still the file its leaderboard row recorded (same sha256); records
+    the upload on that row. Returns (row, kaggle.KaggleSubmission)."""
+    from pipeline import kaggle
+    from pipeline.submission import validate_submission
+
+    from pipeline.submission import SubmissionError
+
+    row = leaderboard.submitted_on(variant.name, competition.root)
+    csv = Path(row["submission"])
+    again = NextStep("submit", {"variant": variant.name, "data": row["data"]})
+
+    def refuse_if_rewritten_for_other_data(sha256: str | None = None) -> None:
+        # a submit on other data rewrote the variant's CSV since this row was recorded
+        other = leaderboard.written_for_other_data(csv, competition.root, sha256)
+        if other:
+            raise ConfigError(f"{other}: run `{again}` again to write it for this data")
+
+    # a bad file never costs one of the day's submissions: the competition's format, scale and ids
+    try:
+        result = validate_submission(csv, competition)
+    except SubmissionError:
+        refuse_if_rewritten_for_other_data()
+        raise
+    if result.sha256 != row["sha256"]:
+        refuse_if_rewritten_for_other_data(result.sha256)
+        raise ConfigError(f"{csv} changed since it was recorded; run `{again}` again")
+    found = kaggle.submit(slug, csv, kaggle_message(row))
+    leaderboard.update_kaggle(result.sha256, found.ref, found.status, found.public_score)
+    return row, found

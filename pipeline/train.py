@@ -1,22 +1,7 @@
-"""`python -m pipeline train`: one training loop for every trainable family, on HF Accelerate.
-
-A family (pix2pix, pconv, glcic: pipeline/inpainters/trainable.py says what one supplies) brings
-its networks, losses and the step on one batch; this module brings the rest: data, accelerate,
-precision, checkpoints, resume, TensorBoard, validation, the best checkpoint, progress.
-
-The same code runs on the CPU, one GPU, and several GPUs or nodes (`accelerate launch -m pipeline
-train ...`): Accelerate places the networks and batches, wraps them for data parallelism and
-applies the config's mixed precision; files and logs are written by the main process only.
-
-    checkpoints/<variant>/last.pt   the whole run state, saved every `checkpoint_every` steps and
-                                    at every epoch end: `--resume` continues from it
-    checkpoints/<variant>/best.pt   the generator with the best validation RMSE so far
-    runs/<variant>/                 TensorBoard: losses, validation RMSE, image grids
-
-Every random draw comes from the seed: batch order from (seed, epoch), boxes and augmentation from
-(seed, epoch, index), dropout from the torch RNG (seeded per process, saved in the checkpoint). A
-resumed run skips exactly the batches already done, so it ends with the weights an uninterrupted
-run would have.
+"""`python -m pipeline train`: one training loop for every trainable family, on HF Accelerate,
+the same on the CPU, one GPU or several. A family (pipeline/inpainters/trainable.py) brings its
+networks, losses and step; this module brings data, precision, checkpoints, exact resume,
+TensorBoard, validation and the best checkpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -44,11 +29,12 @@ from pipeline.checkpoint import (CheckpointError, check_same_config, load_state_
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
 from pipeline.data.dataset import AugmentConfig, BoxInpaintingDataset, to_image
+from pipeline.devices import execution_device
 from pipeline.inpainters.base import inpainter_class
 from pipeline.inpainters.trainable import CHECKPOINT_DIR, Family, TrainableConfig, set_lr
 
 RUNS_DIR = Path("runs")
-TRAINABLE = ("pix2pix", "pconv", "glcic")
+TRAINABLE = ("pix2pix", "pconv", "glcic", "torchscript")
 # params that may change between a run and its resumption; any other difference is another run
 RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "num_workers", "threads", "log_every",
                      "checkpoint_every", "val_every", "checkpoint", "tta_flip", "compile")
@@ -171,7 +157,7 @@ def validate(family: Family, generator, loader, accelerator, grid_images: int = 
     generator.eval()
     sse, count, grid_rows = [], [], []
     for batch in loader:
-        filled, mask, target = batch["masked_image"], batch["mask"], batch["target"]
+        filled, mask, target = batch["model_input"], batch["mask"], batch["target"]
         prediction = family.generate(generator, filled, mask)
         composited = torch.where(mask.bool(), prediction.float(), target)
         diff = (to_image(composited).astype(np.float64) - to_image(target).astype(np.float64))
@@ -237,7 +223,7 @@ def _accelerator(precision: str):
     if shared and shared.get("_mixed_precision") != precision and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         AcceleratorState._reset_state()
     # cpu=True on a machine without an accelerator lets torchrun / accelerate launch run several CPU processes (gloo)
-    cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    cpu = execution_device(per_process=False).type == "cpu"
     return Accelerator(mixed_precision=precision, cpu=cpu)
 
 
@@ -281,6 +267,13 @@ class Run:
     batches_done: int = 0  # batches of `epoch` already trained on
     best_rmse: float = math.inf
     last_rmse: float | None = None
+    # this session only (not in last.pt)
+    writer: Any = None  # TensorBoard, on the main process
+    schedule_steps: int = 0  # the steps of all epochs: the learning rate falls over them
+    total_steps: int = 0  # where training ends: schedule_steps, or max_steps when that comes first
+    started: float = 0.0  # time.perf_counter() when the first step began
+    out_of_time: bool = False  # some process passed max_minutes (decided after each step)
+    validated_at: int = -1  # the step of the last validation
 
     @property
     def hp(self):
@@ -325,6 +318,7 @@ def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
         raise ConfigError("--resume continues the last run, --restart replaces it: pass one of them")
     family = trainable_family(variant)
     config = family.config(variant)
+    family.check_trainable(variant, config)
     params = config.params()
     ckpt_dir = CHECKPOINT_DIR / variant.name
     run = Run(variant, family, config, params, ckpt_dir / "last.pt", ckpt_dir / "best.pt", RUNS_DIR / variant.name)
@@ -333,8 +327,12 @@ def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
         resumable = [k for k in params if k not in RESUMABLE_CHANGES]
         check_same_config(run.last_path, run.state, variant, params, resumable, "training setup")
     elif run.last_path.exists() and not restart:
-        raise CheckpointError(f"{run.last_path} exists from an earlier run: pass --resume (make train RESUME=1) "
-                              "to continue it, or --restart (make train RESTART=1) to replace it")
+        from pipeline.next_step import NextStep, variant_word
+
+        again = {"variant": variant_word(variant)}
+        raise CheckpointError(f"{run.last_path} exists from an earlier run: continue it with "
+                              f"`{NextStep('train', {**again, 'resume': True})}`, or replace it with "
+                              f"`{NextStep('train', {**again, 'restart': True})}`")
     return run
 
 
@@ -394,7 +392,8 @@ def build_networks(run: Run) -> None:
 
 
 def restore(run: Run) -> None:
-    """Weights, optimizer states and position from last.pt (before accelerate wraps anything)."""
+    """Weights, optimizer states, the fp16 loss scale and the position from last.pt (before
+    accelerate wraps anything)."""
     state, path = run.state, run.last_path
     for key, target in [*run.nets.items(), *run.optimizers.items()]:
         if key not in state:
@@ -403,7 +402,11 @@ def restore(run: Run) -> None:
             load_state_dict(path, target, state[key], key)
         else:
             target.load_state_dict(state[key])
+    scaler = run.accelerator.scaler  # fp16's loss scale (accelerate made it with the accelerator)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     run.step, run.epoch, run.batches_done = state["step"], state["epoch"], state["batches_done"]
+    run.validated_at = run.step  # a resumed run that takes no step has nothing new to score
     run.best_rmse = state["best_val_rmse"] if state["best_val_rmse"] is not None else math.inf
     run.last_rmse = state["last_val_rmse"]
 
@@ -432,8 +435,6 @@ def seed_processes(run: Run) -> None:
     set_seed(run.hp.seed, device_specific=True)  # seed + process index
     if run.state is None:
         return
-    if acc.scaler is not None and run.state.get("scaler"):
-        acc.scaler.load_state_dict(run.state["scaler"])
     rngs = run.state["rng"]
     if len(rngs) == acc.num_processes:
         set_rng_state(rngs[acc.process_index])
@@ -456,6 +457,136 @@ def open_logs(run: Run, restart: bool):
     return SummaryWriter(str(run.run_dir), purge_step=run.step if run.state is not None else None)
 
 
+def schedule(run: Run, steps_per_epoch: int, images: int, precision: str) -> None:
+    """Where the learning rate falls to 0 and where training ends; says so on the main process."""
+    hp = run.hp
+    run.schedule_steps = hp.epochs * steps_per_epoch  # the learning rate follows the epochs ...
+    run.total_steps = min(run.schedule_steps, hp.max_steps or run.schedule_steps)  # ... max_steps only stops early
+    if run.main:
+        acc, variant, early = run.accelerator, run.variant, run.total_steps < run.schedule_steps
+        print(f"training {variant.name} ({variant.method}): {images} images, {steps_per_epoch} steps/epoch x "
+              f"{hp.epochs} epochs" + (f" (stopping at step {run.total_steps})" if early else "")
+              + f", {acc.num_processes} process(es) on {acc.device}, precision {precision}"
+              + (f", resuming at step {run.step}" if run.state is not None else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop: an epoch at a time until `stop_reason` gives one
+
+
+@dataclass
+class Meter:
+    """The console bar, and the images trained on since the last logged step."""
+
+    bar: tqdm
+    since: float = field(default_factory=time.perf_counter)
+    images: int = 0
+
+    def images_per_s(self) -> float:
+        """Throughput since the last call (or the start); starts the next window."""
+        rate = self.images / (time.perf_counter() - self.since)
+        self.since, self.images = time.perf_counter(), 0
+        return rate
+
+
+def stop_reason(run: Run, check_clock: bool = False) -> str | None:
+    """Why training stops here, or None to go on: max_minutes (some process ran out of time),
+    finished (every epoch's steps done), max_steps (params.max_steps came first).
+
+    check_clock (after each step, on every process alike): read the clock; any process past
+    max_minutes stops them all at this step.
+    """
+    hp = run.hp
+    if check_clock and hp.max_minutes:
+        run.out_of_time = _any(run.accelerator, time.perf_counter() - run.started > 60 * hp.max_minutes)
+    if run.out_of_time:
+        return "max_minutes"
+    if run.step >= run.schedule_steps:
+        return "finished"
+    if hp.max_steps and run.step >= hp.max_steps:
+        return "max_steps"
+    return None
+
+
+def validate_and_keep_best(run: Run, val_loader: DataLoader) -> None:
+    """Validation RMSE (and the image grid) to TensorBoard; best.pt when it is the best so far."""
+    main = run.main
+    run.last_rmse, grid = validate(run.family, run.nets["generator"], val_loader, run.accelerator,
+                                   GRID_IMAGES if main else 0)
+    run.validated_at = run.step
+    if main:
+        run.writer.add_scalar("val/rmse", run.last_rmse, run.step)
+        if grid is not None:
+            run.writer.add_image("val/masked|fill|prediction|truth", grid, run.step, dataformats="HWC")
+    if run.last_rmse < run.best_rmse:
+        run.best_rmse = run.last_rmse
+        run.save(run.best_path, full=False)
+
+
+def log_scalars(run: Run, meter: Meter, losses: dict[str, torch.Tensor], lr: float) -> None:
+    """The step's losses (the mean over processes), throughput and lr to TensorBoard and the bar."""
+    images_per_s = meter.images_per_s()
+    values = {k: run.accelerator.reduce(v.detach().float(), "mean").item() for k, v in losses.items()}
+    if run.main:
+        for key, value in values.items():
+            run.writer.add_scalar(key, value, run.step)
+        run.writer.add_scalar("time/images_per_s", images_per_s, run.step)
+        run.writer.add_scalar("lr", lr, run.step)
+        meter.bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in values.items()}
+                              | ({"val": f"{run.last_rmse:.4f}"} if run.last_rmse is not None else {}))
+
+
+def train_epoch(run: Run, loader: DataLoader, val_loader: DataLoader, step: Callable, meter: Meter) -> None:
+    """The batches of epoch `run.epoch` not yet done: one `step` each, logs and last.pt on their
+    schedule, until the epoch ends or `stop_reason` gives one. A whole epoch ends with a validation
+    (when due, and always at the last step) and last.pt at the next epoch's start."""
+    acc, hp = run.accelerator, run.hp
+    loader.set_epoch(run.epoch)  # the prepared loader hands the epoch to our sampler
+    batches = acc.skip_first_batches(loader, run.batches_done) if run.batches_done else loader
+    if run.batches_done:
+        batches.set_epoch(run.epoch)
+    for batch in batches:
+        lr = hp.lr * lr_factor(run.step, run.schedule_steps, hp.lr_decay)  # from the step alone: resumes exactly
+        set_lr(run.optimizers, lr)
+        losses = step(batch, run.epoch)
+
+        run.step += 1
+        run.batches_done += 1
+        meter.images += batch["target"].shape[0] * acc.num_processes
+        meter.bar.update(1)
+        if run.step % hp.log_every == 0 or run.step == run.total_steps:
+            log_scalars(run, meter, losses, lr)
+        if stop_reason(run, check_clock=True):
+            break
+        if run.step % hp.checkpoint_every == 0:
+            run.save(run.last_path, full=True)
+    if run.batches_done == len(loader) and not run.out_of_time:  # a whole epoch: validate, then move the position on
+        if (run.epoch + 1) % hp.val_every == 0 or run.step >= run.total_steps:
+            validate_and_keep_best(run, val_loader)
+        run.epoch, run.batches_done = run.epoch + 1, 0
+        run.save(run.last_path, full=True)
+
+
+def finish(run: Run, reason: str, val_loader: DataLoader, meter: Meter) -> TrainResult:
+    """Score where training stopped (unless an epoch's end just did), save last.pt, close the logs."""
+    acc = run.accelerator
+    if reason == "max_minutes" and run.main:
+        tqdm.write(f"stopping at step {run.step}: params.max_minutes={run.hp.max_minutes} reached")
+    if run.validated_at != run.step:  # stopped mid-epoch (max_steps, max_minutes)
+        validate_and_keep_best(run, val_loader)
+        run.save(run.last_path, full=True)
+    meter.bar.close()
+    acc.wait_for_everyone()
+    if run.main:
+        run.writer.add_hparams({k: v for k, v in run.params.items() if isinstance(v, (int, float, str, bool))},
+                               {"hparam/best_val_rmse": run.best_rmse}, run_name=".")
+        run.writer.close()
+    acc.end_training()
+    best = None if math.isinf(run.best_rmse) else run.best_rmse
+    return TrainResult(run.step, run.epoch, best, run.last_rmse, time.perf_counter() - run.started,
+                       run.best_path, run.last_path, run.run_dir, run.main)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -474,6 +605,7 @@ def train(
     checkpoints and TensorBoard folder. Neither, with a last.pt present: CheckpointError.
     epochs / max_steps / num_workers override the variant's params for this run.
     """
+    # 1. check the config and the checkpoints (no file touched yet), then build the run
     variant = with_overrides(variant, epochs=epochs, max_steps=max_steps, num_workers=num_workers)
     run = plan(variant, resume, restart)
     competition = load_data(run, progress)
@@ -483,90 +615,18 @@ def train(
     if run.state is not None:
         restore(run)
     loader, val_loader = prepare(run, loader, val_loader)
-    step_fn = run.family.step(run.config, run.accelerator, run.nets, run.optimizers)
+    step = run.family.make_step(run.config, run.accelerator, run.nets, run.optimizers)
     seed_processes(run)
-    writer = open_logs(run, restart)
-    acc, hp, main = run.accelerator, run.hp, run.main
+    run.writer = open_logs(run, restart)
+    schedule(run, len(loader), images, precision)
 
-    steps_per_epoch = len(loader)
-    schedule_steps = hp.epochs * steps_per_epoch  # the learning rate follows the epochs ...
-    total_steps = min(schedule_steps, hp.max_steps) if hp.max_steps else schedule_steps  # ... max_steps only stops early
-    if main:
-        print(f"training {variant.name} ({variant.method}): {images} images, {steps_per_epoch} steps/epoch x "
-              f"{hp.epochs} epochs" + (f" (stopping at step {total_steps})" if total_steps < schedule_steps else "")
-              + f", {acc.num_processes} process(es) on {acc.device}, precision {precision}"
-              + (f", resuming at step {run.step}" if run.state is not None else ""))
+    # 2. train, an epoch at a time
+    run.started = time.perf_counter()
+    bar = tqdm(total=run.total_steps, initial=run.step, desc=f"train {variant.name}", unit="step",
+               disable=not (progress and run.accelerator.is_local_main_process))
+    meter = Meter(bar)
+    while (reason := stop_reason(run)) is None:
+        train_epoch(run, loader, val_loader, step, meter)
 
-    def run_validation() -> None:
-        run.last_rmse, grid = validate(run.family, run.nets["generator"], val_loader, acc, GRID_IMAGES if main else 0)
-        if main:
-            writer.add_scalar("val/rmse", run.last_rmse, run.step)
-            if grid is not None:
-                writer.add_image("val/masked|fill|prediction|truth", grid, run.step, dataformats="HWC")
-        if run.last_rmse < run.best_rmse:
-            run.best_rmse = run.last_rmse
-            run.save(run.best_path, full=False)
-
-    def log(logs: dict[str, torch.Tensor], lr: float, images_per_s: float) -> None:
-        values = {k: acc.reduce(v.detach().float(), "mean").item() for k, v in logs.items()}
-        if main:
-            for key, value in values.items():
-                writer.add_scalar(key, value, run.step)
-            writer.add_scalar("time/images_per_s", images_per_s, run.step)
-            writer.add_scalar("lr", lr, run.step)
-            bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in values.items()}
-                            | ({"val": f"{run.last_rmse:.4f}"} if run.last_rmse is not None else {}))
-
-    # --- the loop
-    started = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=run.step, desc=f"train {variant.name}", unit="step",
-               disable=not (progress and acc.is_local_main_process))
-    window_start, window_images = time.perf_counter(), 0
-    validated_at = run.step if run.state is not None else -1
-    out_of_time = False
-    while run.step < total_steps:
-        loader.set_epoch(run.epoch)  # the prepared loader hands the epoch to our sampler
-        batches = acc.skip_first_batches(loader, run.batches_done) if run.batches_done else loader
-        if run.batches_done:
-            batches.set_epoch(run.epoch)
-        for batch in batches:
-            lr = hp.lr * lr_factor(run.step, schedule_steps, hp.lr_decay)  # from the step alone: resumes exactly
-            set_lr(run.optimizers, lr)
-            logs = step_fn(batch, run.epoch)
-
-            run.step += 1
-            run.batches_done += 1
-            window_images += batch["target"].shape[0] * acc.num_processes
-            bar.update(1)
-            if run.step % hp.log_every == 0 or run.step == total_steps:
-                log(logs, lr, window_images / (time.perf_counter() - window_start))
-                window_start, window_images = time.perf_counter(), 0
-            if hp.max_minutes:  # one decision for all: any process out of time stops every process here
-                out_of_time = _any(acc, time.perf_counter() - started > 60 * hp.max_minutes)
-            if run.step >= total_steps or out_of_time:
-                break
-            if run.step % hp.checkpoint_every == 0:
-                run.save(run.last_path, full=True)
-        if out_of_time:
-            if main:
-                tqdm.write(f"stopping at step {run.step}: params.max_minutes={hp.max_minutes} reached")
-            break
-        if run.batches_done == steps_per_epoch:  # a whole epoch: validate, then move the position on
-            if (run.epoch + 1) % hp.val_every == 0 or run.step >= total_steps:
-                run_validation()
-                validated_at = run.step
-            run.epoch, run.batches_done = run.epoch + 1, 0
-            run.save(run.last_path, full=True)
-    if validated_at != run.step:  # stopped mid-epoch (max_steps, max_minutes): score where it stopped
-        run_validation()
-        run.save(run.last_path, full=True)
-    bar.close()
-    acc.wait_for_everyone()
-    if main:
-        writer.add_hparams({k: v for k, v in run.params.items() if isinstance(v, (int, float, str, bool))},
-                           {"hparam/best_val_rmse": run.best_rmse}, run_name=".")
-        writer.close()
-    acc.end_training()
-    best = None if math.isinf(run.best_rmse) else run.best_rmse
-    return TrainResult(run.step, run.epoch, best, run.last_rmse, time.perf_counter() - started,
-                       run.best_path, run.last_path, run.run_dir, main)
+    # 3. score where it stopped, save, close the logs
+    return finish(run, reason, val_loader, meter)

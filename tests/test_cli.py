@@ -164,7 +164,7 @@ def test_empty_validation_split_is_skipped_and_explained(workspace, capsys):
     code, out, err = _run(capsys, "predict", "--variant", "no-val.yaml")
     assert code == 0 and "val split is empty" in err and "no-val test: 19 images" in out
     code, _, err = _run(capsys, "score", "--variant", "no-val.yaml")
-    assert code == 2 and "make score CSV=" in err
+    assert code == 2 and "python -m pipeline score --csv <file>" in err
 
 
 def test_score_refuses_predictions_made_on_other_boxes(workspace, capsys):
@@ -212,8 +212,7 @@ def test_real_layout_from_download_to_upload_scores_what_was_uploaded(workspace,
     """make data -> make submit DATA= -> make kaggle-submit, then the uploaded bytes scored."""
     from pipeline.config import data_config
     from pipeline.data.competition import load_competition
-    from pipeline.predict import truth_boxes
-    from pipeline.score import score_boxes
+    from pipeline.score import score_boxes, truth_boxes
     from pipeline.submission import read_submission
 
     standin.state.data_zip = _zip_folder(workspace / "data/sample")
@@ -225,7 +224,7 @@ def test_real_layout_from_download_to_upload_scores_what_was_uploaded(workspace,
     assert row["data"] == data and row["test_rmse"] != row["test_rmse"]  # no truth for a download: NaN
 
     code, _, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", SLUG)
-    assert code == 2 and f"telea was submitted on {data}, not on data/sample: pass DATA=" in err
+    assert code == 2 and f"telea was submitted on {data}, not on data/sample: pass that folder" in err
     assert "StartSubmissionUpload" not in standin.call_names()
     code, out, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", SLUG, "--data", data)
     assert code == 0, err

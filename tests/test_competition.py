@@ -1,6 +1,7 @@
 """The competition manifest: both layouts, bbox CSV shapes and spellings, the validation split,
 and every bad input."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -308,3 +309,62 @@ def test_validation_boxes_that_cannot_fit_are_named(generic):
     cfg = data_config({**vars(generic), "boxes_per_image": 40})
     with pytest.raises(CompetitionError, match="lower data.boxes_per_image"):
         carve_validation(load_competition(generic).train, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The boxes must sit on the masked images' blacked-out pixels
+
+
+def _swap_box1(table: pd.DataFrame) -> pd.DataFrame:
+    """The header of box 1 with row and column swapped, as a hand-edited CSV might have it."""
+    return table.rename(columns={"box1_row": "box1_col", "box1_col": "box1_row"})
+
+
+@pytest.mark.parametrize("where", ["Testing_Data/masked_info.csv", "Training_Data/Cat/Masked_Train/masked_info.csv"])
+def test_boxes_with_rows_and_columns_swapped_are_refused_naming_the_swap(workspace, where):
+    path = workspace / DATASET / where
+    _edit_info(path, _swap_box1)
+    with pytest.raises(CompetitionError) as caught:
+        load_competition(small_data_config(workspace))
+    message = str(caught.value)
+    assert "do not sit on the blacked-out pixels" in message
+    assert f"{path.parent}/" in message and ": box 1 at x=" in message  # the image and the box
+    assert "fit it with rows and columns swapped" in message
+    assert f"every one fits with rows and columns swapped: {path} gives x and y the other way round" in message
+
+
+def test_a_shifted_box_is_refused_naming_the_file_and_box(workspace):
+    path = workspace / DATASET / "Testing_Data/masked_info.csv"
+    table = pd.read_csv(path, index_col=0)
+    for index, row in table.iterrows():  # a box moved 40 px right onto bright pixels
+        image = read_image(path.parent / row.filename)
+        x, y = row.box2_col + 40, row.box2_row
+        if x + 75 <= 256 and image[y : y + 75, row.box2_col + 75 : x + 75].min(axis=2).mean() > 80:
+            break
+    else:
+        pytest.fail("no test box of the sample can move 40 px right onto bright pixels")
+    _edit_info(path, lambda t: t.assign(box2_col=t.box2_col.where(t.index != index, str(x))))
+    name = re.escape(str(path.parent / row.filename))
+    with pytest.raises(CompetitionError, match=rf"1 of \d+ boxes do not sit .*\n  {name}: box 2 at x={x} y={y} "
+                                               rf"\(masked_info.csv line {index + 2}\) is \d+% near-black"):
+        load_competition(small_data_config(workspace))
+
+
+def test_a_dark_photo_and_a_box_moved_inside_its_dark_area_are_accepted(workspace):
+    """A box counts as on its hole when it is near-black, whatever the photo around it: a dark
+    photo (a black cat) is never refused, and a misplaced box there cannot be told apart."""
+    folder = workspace / DATASET / "Testing_Data"
+    first = pd.read_csv(folder / "masked_info.csv", index_col=0).iloc[0]
+    dark = (read_image(folder / first.filename) // 6).astype(np.uint8)  # every pixel <= 42
+    cv2.imwrite(str(folder / first.filename), cv2.cvtColor(dark, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75])
+    assert len(load_competition(small_data_config(workspace)).test) == 13
+    moved = first.box1_col + 40 if first.box1_col + 40 <= 181 else first.box1_col - 40
+    _edit_info(folder / "masked_info.csv", lambda t: t.assign(box1_col=t.box1_col.where(t.index != 0, str(moved))))
+    record = next(r for r in load_competition(small_data_config(workspace)).test if r.image_id == first.filename)
+    assert record.boxes[0].x == moved
+
+
+def test_generic_layout_boxes_with_x_and_y_swapped_are_refused(generic):
+    _break(generic, lambda t: t.rename(columns={"x": "y", "y": "x"}))
+    with pytest.raises(CompetitionError, match=r"bboxes.csv gives x and y the other way round"):
+        load_competition(generic)

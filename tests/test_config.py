@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.config import ConfigError, load_sweep, load_variant, variant_from_dict
 from pipeline.inpainters.base import InpaintBatch, build_inpainter, check_params
@@ -29,6 +30,14 @@ def test_data_override_drops_the_configs_own_truth():
         ({"method": "telea", "data": {"colour": 1}}, r"unknown key\(s\) colour"),
         ({"name": "x"}, "missing 'method'"),
         ({"method": "telea", "params": {"radius": "big"}}, "radius: expected float"),
+        # fields whose default is None or a factory are checked too
+        ({"method": "telea", "data": {"bbox_csv": 3}}, "data.bbox_csv: expected str or null, got 3"),
+        ({"method": "telea", "data": {"truth": 3}}, "data.truth: expected Path or null, got 3"),
+        ({"method": "telea", "data": {"channels": "grb"}}, "data.channels: 'grb' is not one of rgb, bgr"),
+        ({"method": "telea", "data": {"id_pattern": 5}}, "data.id_pattern: expected str or null, got 5"),
+        ({"method": "telea", "params": ["radius"]}, r"params: expected a mapping, got \['radius'\]"),
+        ({"method": "sd", "params": {"animal_names": ["cat"]}}, "params.animal_names: expected a mapping"),
+        ({"method": "telea", "data": {"val_count": True}}, "val_count: expected a non-negative integer, got True"),
     ],
 )
 def test_bad_configs_name_the_key(raw, message):
@@ -62,3 +71,31 @@ def test_mean_fill_of_a_fully_masked_image_is_grey():
     masks = np.ones((1, 8, 8), bool)
     out = build_inpainter(variant).inpaint(InpaintBatch(np.zeros((1, 8, 8, 3), np.uint8), masks, [[]], [None], ["a"]))
     assert (out == 128).all()
+
+
+def test_a_wrong_type_for_a_key_without_a_plain_default_names_the_file_and_the_key(tmp_path):
+    path = tmp_path / "typed.yaml"
+    path.write_text("method: telea\ndata: {bbox_csv: [a.csv]}\n")
+    with pytest.raises(ConfigError, match=rf"{path}: data\.bbox_csv: expected str or null, got \['a.csv'\]"):
+        load_variant(path)
+    path.write_text("method: telea\ndescription: [a, b]\n")
+    with pytest.raises(ConfigError, match=rf"{path}: description: expected str"):
+        load_variant(path)
+    path.write_text("method: telea\nparams:\ndescription:\n")  # keys with nothing under them: the defaults
+    assert load_variant(path).params == {} and load_variant(path).description == ""
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"mixed_precision": "fp8"}, "params.mixed_precision: 'fp8' is not one of no, bf16, fp16"),
+    ({"flip": 2}, "params.flip: expected a fraction 0..1, got 2"),
+    ({"epochs": True}, "params.epochs: expected a positive integer, got True"),
+    ({"max_minutes": -1}, r"params.max_minutes: expected float >= 0, got -1"),
+    ({"jpeg_quality_low": 0}, "params.jpeg_quality_low: expected int >= 1 and <= 100, got 0"),
+    ({"jpeg_quality_low": 90, "jpeg_quality_high": 80}, "params.jpeg_quality_low/high: need 1 <= low <= high <= 100"),
+    ({"checkpoint": None}, "params.checkpoint: expected str, got None"),
+])
+def test_shared_training_params_are_checked_by_type_and_bounds(tmp_path, params, message):
+    path = tmp_path / "p2p.yaml"
+    path.write_text(yaml.safe_dump({"method": "pix2pix", "params": params}))
+    with pytest.raises(ConfigError, match=rf"{path}: {message}"):
+        check_params(load_variant(path))

@@ -29,7 +29,7 @@ def test_masked_pixels_are_exactly_the_boxes_after_augmentation(dataset):
             expected[y : y + h, x : x + w] = True
         assert (mask == expected).all(), f"item {index}: mask differs from its boxes"
         # outside the boxes the input is the (augmented) target; inside it is blank
-        masked, target = item["masked_image"], item["target"]
+        masked, target = item["model_input"], item["target"]
         assert torch.equal(masked[:, ~torch.from_numpy(mask)], target[:, ~torch.from_numpy(mask)])
         assert (masked[:, torch.from_numpy(mask)] == -1.0).all()
 
@@ -67,8 +67,8 @@ def test_hole_fill_only_changes_the_hole(competition):
     fill = lambda image, mask: np.where(mask[..., None], 200, image).astype(np.uint8)  # noqa: E731
     item = BoxInpaintingDataset(competition.train, competition.config, hole_fill=fill)[0]
     mask = item["mask"][0].bool()
-    assert torch.allclose(item["masked_image"][:, mask], torch.tensor(200 / 127.5 - 1))
-    assert torch.equal(item["masked_image"][:, ~mask], item["target"][:, ~mask])
+    assert torch.allclose(item["model_input"][:, mask], torch.tensor(200 / 127.5 - 1))
+    assert torch.equal(item["model_input"][:, ~mask], item["target"][:, ~mask])
 
 
 def test_validation_input_is_the_competitions_masked_jpeg(competition):
@@ -78,11 +78,11 @@ def test_validation_input_is_the_competitions_masked_jpeg(competition):
     record = competition.val[0]
     mask = item["mask"][0].bool()
     masked_copy = to_tensor(read_image(record.masked_path))
-    assert torch.equal(item["masked_image"][:, ~mask], masked_copy[:, ~mask])
+    assert torch.equal(item["model_input"][:, ~mask], masked_copy[:, ~mask])
     assert torch.equal(item["target"], to_tensor(read_image(record.path)))
-    assert (item["masked_image"][:, mask] == -1.0).all()
+    assert (item["model_input"][:, mask] == -1.0).all()
     ring = torch.from_numpy(cv2.dilate(mask.numpy().astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)) & ~mask
-    assert (item["masked_image"][:, ring] != item["target"][:, ring]).any()  # the artefacts are there
+    assert (item["model_input"][:, ring] != item["target"][:, ring]).any()  # the artefacts are there
 
 
 def test_jpeg_augmentation_compresses_the_input_only(competition):
@@ -94,10 +94,10 @@ def test_jpeg_augmentation_compresses_the_input_only(competition):
     a, b = plain[2], jpeg[2]
     assert torch.equal(a["target"], b["target"]) and torch.equal(a["mask"], b["mask"])
     mask = b["mask"][0].bool()
-    assert (b["masked_image"][:, mask] == -1.0).all()
-    error = (b["masked_image"][:, ~mask] - b["target"][:, ~mask]).abs().mean()
+    assert (b["model_input"][:, mask] == -1.0).all()
+    error = (b["model_input"][:, ~mask] - b["target"][:, ~mask]).abs().mean()
     assert 0.005 < float(error) < 0.2
-    assert torch.equal(b["masked_image"], jpeg[2]["masked_image"])  # seeded: the same draw again
+    assert torch.equal(b["model_input"], jpeg[2]["model_input"])  # seeded: the same draw again
 
 
 def test_tensor_round_trip_is_exact():

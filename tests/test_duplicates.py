@@ -17,7 +17,9 @@ from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import load_competition, read_image
 from pipeline.data.sample import COPIES_FILE
 from pipeline.duplicates import COPY_RMSE, d4, d4_inverse, find_duplicates, load, save
-from pipeline.predict import predict_split, prediction_dir, truth_boxes
+from pipeline.data.predictions import prediction_dir
+from pipeline.predict import predict_split
+from pipeline.score import truth_boxes
 from tests.conftest import small_data_config, variant
 
 

@@ -76,14 +76,14 @@ def _tiny_step(**loss):
                              TrainParams(lr=0.01), InferenceParams(), image_size=64)
     nets = glcic.FAMILY.build(config)
     optimizers = glcic.FAMILY.optimizers(config, nets)
-    return glcic.FAMILY.step(config, _accelerator("no"), nets, optimizers), nets
+    return glcic.FAMILY.make_step(config, _accelerator("no"), nets, optimizers), nets
 
 
 def _batch():
     target = torch.rand(2, 3, 64, 64) * 2 - 1
     mask = torch.zeros(2, 1, 64, 64)
     mask[..., 10:26, 20:36] = 1
-    return {"masked_image": target * (1 - mask), "mask": mask, "target": target,
+    return {"model_input": target * (1 - mask), "mask": mask, "target": target,
             "boxes": torch.tensor([[[20, 10, 16, 16]], [[20, 10, 16, 16]]])}
 
 
@@ -110,12 +110,34 @@ def test_joint_phase_mse_follows_the_switch():
     assert masked(batch, 2)["loss/mse"].item() != pytest.approx(whole(batch, 2)["loss/mse"].item())
 
 
+def test_real_and_fake_local_crops_are_cut_at_the_same_place():
+    """D's local branch compares a photo with its completion at one spot: the real crop and the
+    fake one hold the same pixels outside the box, and the fake one holds the generated box."""
+    step, nets = _tiny_step()
+    target = torch.rand(2, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(2, 1, 64, 64)
+    boxes = torch.tensor([[[4, 6, 16, 16], [40, 36, 16, 16]], [[36, 4, 16, 16], [6, 42, 16, 16]]])
+    for n, image_boxes in enumerate(boxes.tolist()):
+        for x, y, w, h in image_boxes:
+            mask[n, :, y:y + h, x:x + w] = 1
+    seen = []
+    nets["discriminator"].register_forward_pre_hook(lambda module, args: seen.append(args))
+    step({"model_input": target * (1 - mask), "mask": mask, "target": target, "boxes": boxes}, 1)
+    (images, crops), = seen  # the discriminator phase: one forward, real then fake
+    real_crops, fake_crops = crops.chunk(2)
+    for n in range(2):
+        real, fake = real_crops[n], fake_crops[n]
+        generated = (real != fake).any(dim=0)
+        assert generated.any(), "the fake crop holds generated pixels"
+        assert generated.sum() <= 16 * 16, "real and fake crops differ outside a box: cut at two places"
+
+
 @pytest.mark.parametrize("params, words", [
     ({"joint_mse": "both"}, ["joint_mse", "masked, global"]),
     ({"completion_epochs": 150, "discriminator_epochs": 60}, ["completion_epochs", "exceed", "epochs"]),
     ({"local_size": 100}, ["local_size", "power of two"]),
     ({"local_size": 64}, ["local_size", "75px box"]),
-    ({"hole_init": "blur"}, ["hole_init", "telea"]),
+    ({"hole_fill": "blur"}, ["hole_fill", "telea"]),
 ])
 def test_bad_params_are_errors_naming_the_key(params, words):
     with pytest.raises(ConfigError) as err:

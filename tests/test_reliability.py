@@ -63,7 +63,7 @@ def test_concurrent_submits_of_one_variant_on_two_folders_score_their_own_run(wo
 def test_one_variant_on_one_folder_waits_for_the_running_one(workspace, capsys):
     import fcntl
 
-    from pipeline.predict import competition_key
+    from pipeline.data.predictions import competition_key
 
     competition = load_competition(data_config({"root": "data/sample", "truth": "data/sample-truth"}))
     lock_path = Path("data/predictions") / competition_key(competition) / "telea" / ".lock"
@@ -99,7 +99,7 @@ def test_scores_refuse_predictions_of_a_rebuilt_sample(workspace, capsys):
 def test_scoring_a_variant_never_predicted_says_so(workspace, capsys):
     code, _, err = _run(capsys, "score", "--variant", "navier-stokes")
     assert code == 2 and "navier-stokes was never predicted on data/sample" in err
-    assert "make submit VARIANT=navier-stokes" in err
+    assert "python -m pipeline submit --variant navier-stokes" in err
 
 
 def test_exif_orientation_is_ignored_everywhere_images_are_read(workspace, capsys):
@@ -115,7 +115,7 @@ def test_exif_orientation_is_ignored_everywhere_images_are_read(workspace, capsy
     assert not np.array_equal(as_stored, rotated), "the tag must matter for this test to mean anything"
     assert np.array_equal(read_image(path), as_stored)
     assert _run(capsys, "submit", "--variant", "mean")[0] == 0
-    from pipeline.predict import load_prediction, prediction_dir
+    from pipeline.data.predictions import load_prediction, prediction_dir
 
     competition = load_competition(data_config({"root": "data/sample", "truth": "data/sample-truth"}))
     record = next(r for r in competition.test if r.image_id == path.name)

@@ -169,7 +169,7 @@ def test_missing_predictions_get_a_note_and_training_runs_a_link(board):
     written = report.build_report(Leaderboard(), board / "submissions/report.html", progress=False)
 
     assert set(written.notes) == {"navier-stokes", "pix2pix-small", "mean"}
-    assert "make submit VARIANT=navier-stokes" in written.notes["navier-stokes"]
+    assert "python -m pipeline submit --variant navier-stokes" in written.notes["navier-stokes"]
     assert "other validation images" in written.notes["mean"] and "val_seed 7" in written.notes["mean"]
     text = written.html.read_text()
     assert 'href="../runs/pix2pix-small"' in text and "tensorboard --logdir runs" in text

@@ -25,6 +25,7 @@ from pipeline.config import ConfigError, load_sweep, load_variant
 from pipeline.data.boxes import Box
 from pipeline.inpainters import sd
 from pipeline.inpainters.base import build_inpainter
+from pipeline.inpainters.fill import fill_holes
 from pipeline.predict import masked_batches
 from tests.conftest import REPO, small_data_config
 from tests.tiny_sd import as_hub_cache, build_tiny_inpaint_pipeline
@@ -145,7 +146,7 @@ def test_whole_image_round_trip_at_512(workspace, competition, tiny_model):
     assert seen and set(seen) == {(64, 64)}  # the model worked on 512x512 images
     assert outside_unchanged(batch, out)
     # the boxes hold the model's output, not the Telea pre-fill it started from
-    prefilled = sd.prefill(batch.masked_images, batch.masks, "telea")
+    prefilled = fill_holes(batch.masked_images, batch.masks, "telea")
     changed = np.abs(out[batch.masks].astype(int) - prefilled[batch.masks].astype(int)).mean()
     assert changed > 5, f"box pixels are the pre-fill (mean change {changed:.2f}): the model's output was dropped"
 
@@ -181,6 +182,38 @@ def test_crop_mode_one_box_at_a_time_through_padding_mask_crop(workspace, compet
                 mine &= ~sd.dilate(sd.box_mask(later, (256, 256)), 4)
             assert mine.any() and np.array_equal(out[n][mine], result[mine])
             k += 1
+
+
+@pytest.mark.parametrize("resize", ["whole", "crop"])
+def test_the_model_is_given_the_boxes_grown_by_mask_dilation(workspace, competition, tiny_model, monkeypatch, resize):
+    inpainter = build_inpainter(sd_variant(workspace, tiny_model, resize=resize, mask_dilation=8, steps=1,
+                                           guidance_scale=1.0))
+    pipe = inpainter.loaded.pipe
+    masks, real_call = [], type(pipe).__call__
+
+    def recording(self, **kw):  # the masks at the image's 256x256 scale, as bool
+        given = kw["mask_image"]
+        if resize == "whole":  # a (N, 1, 512, 512) tensor, upscaled 2x by nearest neighbour
+            masks.extend(m[0, ::2, ::2].numpy() > 0.5 for m in given)
+        else:
+            masks.append(np.asarray(given) > 0)
+        return real_call(self, **kw)
+
+    monkeypatch.setattr(type(pipe), "__call__", recording)
+    batch = first_batch(competition)
+    inpainter.inpaint(batch)
+
+    def grown(boxes) -> np.ndarray:  # each box 8 px larger on every side, clipped to the image
+        out = np.zeros((256, 256), bool)
+        for b in boxes:
+            out[max(0, b.y - 8):b.y + b.h + 8, max(0, b.x - 8):b.x + b.w + 8] = True
+        return out
+
+    expected = ([grown(boxes) for boxes in batch.boxes] if resize == "whole"
+                else [grown([box]) for boxes in batch.boxes for box in boxes])
+    assert len(masks) == len(expected)
+    for given, wanted in zip(masks, expected):
+        assert np.array_equal(given, wanted), f"{given.sum()} mask pixels given to the model, {wanted.sum()} expected"
 
 
 def test_same_seed_same_output_whatever_the_batch(workspace, competition, tiny_model):

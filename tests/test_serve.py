@@ -9,6 +9,7 @@ must not phone home). The browser test starts `python -m pipeline serve` as a su
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import shutil
@@ -37,7 +38,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
 MAX_PIXELS = 600 * 600  # the test server's limit: a "huge" image stays cheap to make
-TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_init="telea")
+TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_fill="telea")
 
 
 class SlowInpainter(Inpainter):
@@ -146,7 +147,7 @@ def server(site, offline_module):
     import uvicorn
 
     from pipeline.serve import App, build_app
-    from pipeline.serve.app import OFFLINE_ENV
+    from pipeline.serve.server import OFFLINE_ENV
 
     with pytest.MonkeyPatch.context() as mp:
         for name, value in OFFLINE_ENV.items():  # as `serve` sets them
@@ -204,6 +205,53 @@ def _decode(response: httpx.Response) -> Image.Image:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     return Image.open(io.BytesIO(response.content))
+
+
+# --- the package's layout ----------------------------------------------------------------------
+
+def _serve_imports() -> dict[str, set[str]]:
+    """module -> the pipeline.serve modules it imports (anywhere in it, a function body too), read
+    from the source with ast; `from pipeline.serve import inpaint` counts as pipeline.serve.inpaint.
+    The parent package that Python runs first is not counted: pipeline/serve/__init__.py only
+    re-exports and no module of the package imports it."""
+    folder = REPO / "pipeline/serve"
+    modules = {f"pipeline.serve.{p.stem}" if p.stem != "__init__" else "pipeline.serve": p
+               for p in folder.glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                package = name if path.stem == "__init__" else name.rpartition(".")[0]
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                for alias in node.names:
+                    targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_module_of_the_web_app_imports_one_that_imports_it_back():
+    graph = _serve_imports()
+
+    def circle(start: str, path: list[str]) -> list[str] | None:
+        for target in sorted(graph[path[-1]]):
+            if target == start:
+                return path + [target]
+            if target not in path and (found := circle(start, path + [target])):
+                return found
+        return None
+
+    circles = [" -> ".join(found) for name in graph if (found := circle(name, [name]))]
+    assert not circles, f"import circles in pipeline/serve: {circles}"
+    others = [name for name, targets in graph.items() if "pipeline.serve" in targets]
+    assert not others, f"{others} import the package itself (whose __init__ imports them back)"
+    assert graph["pipeline.serve.server"] >= {"pipeline.serve.app", "pipeline.serve.page"}
+    assert graph["pipeline.serve"] == {"pipeline.serve.app", "pipeline.serve.server"}
+    assert graph["pipeline.serve.inpaint"] == set(), "inpaint.py is the bottom layer"
 
 
 # --- the HTTP route -----------------------------------------------------------------------------
@@ -272,6 +320,85 @@ def test_route_refuses_bad_input_with_a_message_and_keeps_serving(server):
         assert response.status_code == status, (case, response.text)
         assert words in response.json()["error"], (case, response.json())
     assert _post(url, _png(photo), mask).status_code == 200  # still serving
+
+
+def test_a_mask_over_the_whole_image_is_refused(server):
+    """Nothing is left to fill from: a 400 with a message, not a black or grey picture."""
+    from pipeline.serve import page
+
+    app, url = server
+    photo = _photo(300, 200)
+    response = _post(url, _png(photo), _png(np.full((200, 300), 255, np.uint8)))
+    assert response.status_code == 400, response.text
+    assert "the mask covers the whole image: no pixel is left to fill from" in response.json()["error"]
+    import gradio as gr
+
+    layer = Image.fromarray(np.full((200, 300, 4), (255, 0, 255, 150), np.uint8), "RGBA")
+    value = {"background": Image.fromarray(photo).convert("RGBA"), "layers": [layer], "composite": None}
+    with pytest.raises(gr.Error, match="the mask covers the whole image"):
+        page.run(app, value, None, ["telea"])
+
+
+def test_route_answers_every_bad_form_field_with_an_error_and_echoes_no_more_than_a_prefix(server):
+    _, url = server
+    photo, mask = _png(_photo()), _png(_mask(300, 200).astype(np.uint8) * 255)
+    inpaint = f"{url}/api/inpaint"
+    cases = {
+        "nothing sent": (httpx.post(inpaint, timeout=60), 400,
+                         ["the request is not a multipart form", "image: missing; send the photo as a file",
+                          "mask: missing; send the mask as a file"]),
+        "no mask": (httpx.post(inpaint, files={"image": ("photo.png", photo)}, timeout=60), 400,
+                    ["mask: missing; send the mask as a file"]),
+        "image as text": (httpx.post(inpaint, files={"mask": ("mask.png", mask)}, data={"image": "photo.png"},
+                                     timeout=60), 400, ["image: expected the photo as a file, got text"]),
+        "variant as a file": (httpx.post(inpaint, files={"image": ("photo.png", photo), "mask": ("mask.png", mask),
+                                                         "variant": ("variant.txt", b"telea")}, timeout=60), 400,
+                              ["variant: expected a variant's name as text", "got a file"]),
+        "a 2,000,000-character variant": (_post(url, photo, mask, "v" * 2_000_000), 400,
+                                          ["the form could not be read"]),
+        "a 500,000-character variant": (_post(url, photo, mask, "v" * 500_000), 404,
+                                        ["no variant 'vvvv", "(500,000 characters); runnable: "]),
+    }
+    for case, (response, status, words) in cases.items():
+        assert response.status_code == status, (case, response.text[:500])
+        assert list(response.json()) == ["error"], (case, response.text[:500])
+        assert all(w in response.json()["error"] for w in words), (case, response.json())
+        assert len(response.text) < 800, (case, f"{len(response.text)} characters answered")
+        assert "tempfile" not in response.text.lower() and "vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv" not in response.text
+    assert httpx.get(f"{url}/api/nope", timeout=10).json() == {
+        "error": "'/api/nope': no such route; the routes are POST /api/inpaint, GET /api/variants"}
+    assert httpx.get(inpaint, timeout=10).json() == {"error": "GET /api/inpaint: use POST"}
+    assert _post(url, photo, mask).status_code == 200  # still serving
+
+
+def test_variants_list_follows_a_checkpoint_damaged_removed_or_restored_while_serving(server, site):
+    app, url = server
+
+    def listed() -> dict:
+        return {v["name"]: v for v in httpx.get(f"{url}/api/variants", timeout=30).json()}
+
+    checkpoint = _tiny_checkpoint(site, "fragile")
+    config = site / "configs/fragile.yaml"
+    try:
+        app.refresh()
+        assert listed()["fragile"]["available"]
+        good = checkpoint.read_bytes()
+        checkpoint.write_bytes(b"damaged while serving")
+        now = listed()["fragile"]
+        assert not now["available"] and "not a checkpoint of this pipeline" in now["why"], now
+        photo, mask = _png(_photo()), _png(_mask(300, 200).astype(np.uint8) * 255)
+        response = _post(url, photo, mask, "fragile")
+        assert response.status_code == 422 and "cannot run here" in response.json()["error"], response.text
+        checkpoint.write_bytes(good)
+        assert listed()["fragile"]["available"], "a checkpoint put back is available again"
+        assert _post(url, photo, mask, "fragile").status_code == 200
+        checkpoint.unlink()
+        now = listed()["fragile"]
+        assert not now["available"] and "no checkpoint there" in now["why"], now
+    finally:
+        config.unlink()
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    assert "fragile" not in listed(), "a config removed is no longer listed"
 
 
 def test_variants_are_discovered_with_why_not(server):
@@ -492,15 +619,12 @@ def served_subprocess(workspace, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while True:
+        while "serving on" not in (tmp_path / "serve.log").read_text():
             assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/api/variants", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "make serve did not answer within 60 s"
-            time.sleep(0.2)
+            assert time.monotonic() < deadline, "make serve did not say it serves within 60 s"
+            time.sleep(0.1)
+        # no retry: it says "serving on" once it answers, not before
+        assert httpx.get(f"{url}/api/variants", timeout=10).status_code == 200
         yield url
     finally:
         process.terminate()
@@ -512,10 +636,46 @@ def served_subprocess(workspace, tmp_path):
         log.close()
 
 
+def test_serve_says_where_it_serves_once_it_answers(served_subprocess, tmp_path):
+    log = (tmp_path / "serve.log").read_text()
+    assert f"serving on {served_subprocess}/" in log and "Traceback" not in log
+
+
+def test_serve_refuses_a_bad_address_or_limit_in_one_line_before_serving(workspace, capsys, monkeypatch):
+    """A port out of range or in use, a host that does not resolve or is not this machine's, a
+    limit below 1 pixel: one line saying what is wrong, a non-zero exit, and no "serving on"."""
+    import uvicorn
+
+    from pipeline.cli import main
+
+    def served(*args, **kwargs):
+        raise AssertionError("it went on to serve")
+
+    monkeypatch.setattr(uvicorn.Server, "run", served)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy, free = taken.getsockname()[1], _free_port()
+        cases = {
+            "port out of range": (["--port", "99999"], "port 99999: not a TCP port; choose one in 1..65535"),
+            "port in use": (["--port", str(busy)], f"http://127.0.0.1:{busy}/: port {busy} is in use"),
+            "unknown host": (["--host", "no-such-host.invalid", "--port", str(free)],
+                             "host 'no-such-host.invalid': not an address, and not a name that resolves"),
+            "not this machine": (["--host", "192.0.2.1", "--port", str(free)],
+                                 "192.0.2.1 is not an address of this machine"),
+            "limit below 1 pixel": (["--max-pixels", "-5", "--port", str(free)],
+                                    "--max-pixels -5: the largest photo accepted must be at least 1 pixel"),
+        }
+        for case, (args, words) in cases.items():
+            status = main(["serve", "--data", "data/sample", *args])
+            out, err = capsys.readouterr()
+            said = err.strip().splitlines()
+            assert status != 0 and "serving on" not in out, (case, out, err)
+            assert len(said) == 1 and words in said[0], (case, err)
+
+
+@pytest.mark.skipif(bool(_browser_missing()), reason=f"browser test needs {_browser_missing()}")
 def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
-    missing = _browser_missing()
-    if missing:
-        pytest.skip(f"browser test needs {missing}")
     from playwright.sync_api import sync_playwright
 
     photo = _photo(256, 256, seed=3)

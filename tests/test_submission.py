@@ -12,10 +12,9 @@ import pytest
 from pipeline.config import data_config
 from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import load_competition
-from pipeline.predict import truth_boxes
-from pipeline.score import score_boxes
+from pipeline.files import remove_stale_temporaries
+from pipeline.score import score_boxes, truth_boxes
 from pipeline.submission import SubmissionError, read_submission, submission_spec, validate_submission, write_submission
-from pipeline.submission.write import remove_stale_temporaries
 from tests.conftest import small_data_config
 
 

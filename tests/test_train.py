@@ -26,7 +26,7 @@ from pipeline.train import train
 
 from tests.conftest import REPO, small_data_config
 
-TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_init="telea", objective="gan",
+TINY = dict(ngf=8, depth=4, ndf=8, norm="instance", dropout=False, hole_fill="telea", objective="gan",
             gan_loss="lsgan", train_batch_size=4, epochs=2, lr=0.001, mixed_precision="bf16",
             num_workers=0, max_minutes=0.0, log_every=2, checkpoint_every=4, seed=0)
 
@@ -112,7 +112,7 @@ def _env() -> dict[str, str]:
 
 def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(workspace):
     # depth 6 puts dropout in a decoder layer (the RNG matters); batch norm adds running stats
-    params = dict(epochs=2, checkpoint_every=3, dropout=True, norm="batch", depth=6, hole_init="mean")
+    params = dict(epochs=2, checkpoint_every=3, dropout=True, norm="batch", depth=6, hole_fill="mean")
     write_variant(workspace, "resume", **params)
     subprocess.run(_train_cmd(), check=True, env=_env(), capture_output=True, timeout=300)
     reference = read_checkpoint(workspace / "checkpoints/resume/last.pt")
@@ -157,7 +157,7 @@ def test_l2_objective_trains_the_generator_alone_and_max_steps_keeps_the_schedul
         (1, 0.001), (2, 0.001), (3, 0.001)]
     # the printed next step names a variant that `submit` finds: this YAML is not in configs/
     out = capsys.readouterr().out
-    shown = out.split("next: make submit VARIANT=")[1].split()[0]
+    shown = out.split("next: python -m pipeline submit --variant ")[1].split()[0]
     assert shown == "l2.yaml" and load_variant(shown).name == "l2"
 
 
@@ -211,7 +211,9 @@ def test_processes_stop_together_at_max_minutes_with_their_own_dropout_streams(w
 def test_missing_corrupt_and_foreign_checkpoints_are_clear_errors(trained_workspace, capsys):
     ws = trained_workspace
     assert cli(["submit", "--variant", "tiny.yaml", "--param", "checkpoint=nowhere/best.pt"]) == 2
-    assert "nowhere/best.pt: no checkpoint there" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nowhere/best.pt: no checkpoint there: the file does not exist" in err
+    assert "CKPT" not in err and "checkpoint=<file>" not in err  # not: pass the option just passed
 
     corrupt = ws / "corrupt.pt"
     corrupt.write_bytes((ws / "checkpoints/tiny/best.pt").read_bytes()[:5000])  # a truncated copy
@@ -219,6 +221,7 @@ def test_missing_corrupt_and_foreign_checkpoints_are_clear_errors(trained_worksp
     err = capsys.readouterr().err
     # a file the user named: say what it is not, leave it alone (no "delete it")
     assert f"{corrupt}: not a checkpoint of this pipeline, or a damaged one" in err and "delete" not in err
+    assert err.rstrip().endswith("(checkpoints/<variant>/).")  # the message reads to its end
     assert corrupt.read_bytes() == (ws / "checkpoints/tiny/best.pt").read_bytes()[:5000]
     notes = ws / "notes.txt"
     notes.write_text("my notes")
@@ -233,12 +236,34 @@ def test_missing_corrupt_and_foreign_checkpoints_are_clear_errors(trained_worksp
     assert not Path("submissions/wider.csv").exists()
 
 
-def test_training_never_overwrites_a_run_it_was_not_told_to(trained_workspace, capsys):
+@pytest.mark.parametrize("reason, quoted", [
+    ("PytorchStreamReader failed reading zip archive: failed finding central directory. This is an internal "
+     "miniz error. If you are seeing this error, there is a high likelihood that your checkpoint file is "
+     "corrupted.", "PytorchStreamReader failed reading zip archive: failed finding central directory."),
+    ("Weights only load failed. This file can still be loaded, to do so you have two options, \x1b[1mdo those "
+     "steps only if you trust the source of the checkpoint\x1b[0m. \n\t(1) In PyTorch 2.6 ...",
+     "Weights only load failed."),
+    ("[Errno 22] Invalid argument", "[Errno 22] Invalid argument"),
+    ("word " * 100, ("word " * 40).strip() + " ..."),
+])
+def test_a_damaged_checkpoint_is_quoted_to_the_end_of_a_sentence(reason, quoted):
+    from pipeline.checkpoint import _first_sentence
+
+    assert _first_sentence(reason) == quoted
+
+
+def test_training_never_overwrites_a_run_it_was_not_told_to(trained_workspace, capsys, monkeypatch):
     ws = trained_workspace
     last = ws / "checkpoints/tiny/last.pt"
     before = last.read_bytes()
     assert cli(["train", "--variant", "tiny.yaml"]) == 2
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "train --variant tiny.yaml --resume`" in err and "train --variant tiny.yaml --restart`" in err
+    assert "make" not in err  # a pip-installed package has no Makefile
+    monkeypatch.setenv("PIPELINE_VIA", "make")
+    assert cli(["train", "--variant", "tiny.yaml"]) == 2
+    assert "`make train VARIANT=tiny.yaml RESUME=1`" in capsys.readouterr().err
+    monkeypatch.delenv("PIPELINE_VIA")
     assert cli(["train", "--variant", "tiny.yaml", "--resume", "--param", "lr=0.01"]) == 2
     assert "lr: checkpoint 0.001, config 0.01" in capsys.readouterr().err
     write_variant(ws, "tiny", ngf=16)  # same name, another architecture
@@ -267,7 +292,7 @@ def test_an_empty_training_folder_is_an_error_before_anything_is_written(workspa
 
 FAMILY_TINY = {
     "pconv": dict(width=4, max_width=8, depth=4, kernels="5,3", norm="none", loss="paper"),
-    "glcic": dict(width=4, d_width=4, norm="none", hole_init="telea", residual=True, completion_epochs=1,
+    "glcic": dict(width=4, d_width=4, norm="none", hole_fill="telea", residual=True, completion_epochs=1,
                   discriminator_epochs=1, joint_mse="global"),
 }
 
@@ -325,3 +350,25 @@ def test_the_benchmark_builds_the_sample_it_needs(tmp_path):
     assert bench.ensure_sample(cfg, train_per_photo=1, test_per_photo=1) is True
     assert load_competition(cfg).train
     assert bench.ensure_sample(cfg, train_per_photo=1, test_per_photo=1) is False  # there: left alone
+
+
+def test_stop_reason_says_why_training_stops_and_reads_the_clock_only_after_a_step():
+    from types import SimpleNamespace
+
+    from pipeline.inpainters.trainable import TrainParams
+    from pipeline.train import stop_reason
+
+    one_process = SimpleNamespace(num_processes=1)
+    run = SimpleNamespace(hp=TrainParams(max_steps=5), step=3, schedule_steps=10, out_of_time=False,
+                          accelerator=one_process, started=time.perf_counter())
+    assert stop_reason(run) is None
+    run.step = 5
+    assert stop_reason(run) == "max_steps"
+    run.hp, run.step = TrainParams(), 10
+    assert stop_reason(run) == "finished"
+
+    run.hp, run.step, run.started = TrainParams(max_minutes=1.0), 3, time.perf_counter() - 120
+    assert stop_reason(run) is None  # between epochs the clock is not read
+    assert stop_reason(run, check_clock=True) == "max_minutes"
+    run.step = 10
+    assert stop_reason(run) == "max_minutes"  # out of time wins over finished: the decision stands

@@ -34,6 +34,7 @@ H_COLUMNS = ("h", "height", "bboxheight", "boxheight")
 CLASS_COLUMNS = ("class", "label", "category", "animal", "classname")
 BOX_INDEX_COLUMNS = ("box", "boxid", "boxindex", "boxnum", "boxno")
 WIDE_COLUMN = re.compile(r"^box(\d+)(row|col|x|y)$")
+COORDINATE_LIMIT = 1 << 20  # pixels: no photo is this large, and int64 arithmetic on boxes stays exact
 
 
 class BboxError(PipelineError, ValueError):
@@ -156,11 +157,14 @@ def _long_columns(columns: dict[str, str]) -> tuple | None:
 def _numbers(path: Path, table: pd.DataFrame, column: str) -> np.ndarray:
     values = pd.to_numeric(table[column].str.strip(), errors="coerce")
     bad = values.isna() | (values != values.round())
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
+    # beyond any image: as int64 a huge number would wrap (1e30 became y=-9223372036854775808)
+    huge = ~bad & (values.abs() > COORDINATE_LIMIT)
+    if (bad | huge).any():
+        row = int(np.flatnonzero((bad | huge).to_numpy())[0])
         shown = table[column].iloc[row]
-        raise BboxError(f"{path}: line {row + 2}: {column}={shown!r} is "
-                        f"{'empty' if not shown.strip() else 'not an integer pixel coordinate'}")
+        what = ("empty" if not shown.strip() else f"out of range (pixel coordinates are below {COORDINATE_LIMIT})"
+                if huge.iloc[row] else "not an integer pixel coordinate")
+        raise BboxError(f"{path}: line {row + 2}: {column}={shown!r} is {what}; mend that line")
     return values.to_numpy().astype(np.int64)
 
 

@@ -28,7 +28,10 @@ matched on its name. The manifest is validated as a whole: nothing is silently s
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +94,11 @@ class Competition:
             raise ValueError(f"unknown split {name!r}: use train, val or test")
         return getattr(self, name)
 
+    def describe(self) -> str:
+        """One line: the folder, its layout, image counts per split, classes and the boxes' CSV."""
+        return (f"{self.root}: {self.layout} layout, {len(self.train)} train, {len(self.val)} validation, "
+                f"{len(self.test)} test images; classes {', '.join(self.classes)}; boxes from {self.bbox_csv}")
+
 
 def read_image(path: Path, size: int | None = None) -> np.ndarray:
     """Decode `path` to uint8 HxWx3 RGB as stored (any EXIF orientation ignored, as the boxes
@@ -133,6 +141,72 @@ def _check_header(path: Path, size: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The boxes of a masked image sit on its blacked-out pixels
+
+# A pixel is near-black when every channel is <= BLANK_LEVEL; a box is on its hole when at least
+# BLANK_FRACTION of its pixels are. On the offline sample a real box scores >= 0.99 (>= 0.967 when
+# re-compressed at JPEG quality 20: ringing at the edges); a box moved d px off its hole onto a
+# photo that is not dark keeps about (75 - d) / 75: 0.84 at 12 px, 0.79 at 16, less when swapped.
+# Where the photo itself is dark a misplaced box passes: it cannot be told, and a dark photo is
+# never refused.
+BLANK_LEVEL = 48
+BLANK_FRACTION = 0.85
+
+
+@dataclass(frozen=True)
+class MaskedImage:
+    """A masked image (test image, masked training copy) and its boxes from `csv` (line per box)."""
+
+    path: Path
+    boxes: tuple[Box, ...]
+    csv: Path
+    lines: tuple[int, ...]
+
+
+def blank_fraction(image: np.ndarray, box: Box) -> float:
+    """The fraction of `box`'s pixels in uint8 HxWx3 `image` that are near-black (0..1)."""
+    return float((image[box.slices].max(axis=2) <= BLANK_LEVEL).mean())
+
+
+def _misplaced_boxes(item: MaskedImage, size: int) -> list[tuple[str, bool]]:
+    """Decode `item` (CompetitionError if it cannot be, or has the wrong size); for each box that
+    does not sit on blacked-out pixels, a line naming it and whether it fits with x and y swapped."""
+    image = read_image(item.path, size)
+    found = []
+    for k, (box, line) in enumerate(zip(item.boxes, item.lines), start=1):
+        fraction = blank_fraction(image, box)
+        if fraction >= BLANK_FRACTION:
+            continue
+        swapped = Box(box.y, box.x, box.w, box.h)
+        fits_swapped = swapped.inside(size, size) and blank_fraction(image, swapped) >= BLANK_FRACTION
+        found.append((f"{item.path}: box {k} at x={box.x} y={box.y} ({item.csv.name} line {line}) is "
+                      f"{fraction:.0%} near-black, not blacked out"
+                      + (f"; the pixels fit it with rows and columns swapped (x={box.y} y={box.x})"
+                         if fits_swapped else ""), fits_swapped))
+    return found
+
+
+def check_masked_boxes(images: list[MaskedImage], size: int) -> None:
+    """Decode every masked image (threads: OpenCV releases the GIL) and check that each box
+    covers its blacked-out pixels; raises CompetitionError naming the files and boxes that do
+    not (a damaged or wrongly sized image first, as read_image words it)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda item: _misplaced_boxes(item, size), images))
+    misplaced = [message for found in results for message, _ in found]
+    if not misplaced:
+        return
+    total = sum(len(item.boxes) for item in images)
+    swapped = sum(fits for found in results for _, fits in found)
+    csvs = ", ".join(sorted({str(item.csv) for item, found in zip(images, results) if found}))
+    shown = "\n  ".join(misplaced[:5]) + (f"\n  ... and {len(misplaced) - 5} more" if len(misplaced) > 5 else "")
+    advice = (f"every one fits with rows and columns swapped: {csvs} gives x and y the other way round "
+              "(box<k>_row is y, box<k>_col is x); fix its header" if swapped == len(misplaced) else
+              f"{csvs} and the images disagree: fix the boxes or re-download the competition")
+    raise CompetitionError(f"{len(misplaced)} of {total} boxes do not sit on the blacked-out pixels of their "
+                           f"masked image:\n  {shown}\n{advice}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Layouts
 
 
@@ -145,17 +219,39 @@ def find_dataset(root: Path) -> Path | None:
     found = [p for p in found if (p / TESTING).is_dir()]
     if len(found) > 1:
         raise CompetitionError(f"{root}: several {TRAINING}/{TESTING} folders ({', '.join(map(str, found))}); "
-                               "point DATA= at one of them")
+                               "name one of them as the data folder")
     return found[0] if found else None
+
+
+def competition_home(folder: str | Path) -> Path:
+    """The folder that holds the competition's files, resolved: data/x and data/x/Dataset are
+    one competition (DATA= may name either)."""
+    path = Path(str(folder))
+    try:
+        found = find_dataset(path) if path.is_dir() else None
+    except CompetitionError:
+        found = None
+    return (found or path).resolve()
+
+
+def holds_other_layout(root: Path) -> bool:
+    """`root` exists but holds no Training_Data/ + Testing_Data/ pair (e.g. a sample built in an
+    older layout)."""
+    return Path(root).is_dir() and find_dataset(Path(root)) is None
 
 
 def load_competition(cfg: DataConfig, check_images: bool = True) -> Competition:
     """Read and validate the competition under cfg.root into a Competition manifest.
 
-    `check_images` decodes every test image and reads every training image's header (size);
-    turn it off only where the caller decodes the images itself.
+    `check_images` decodes every masked image (the test images, the masked training copies),
+    checks that each of its boxes sits on its blacked-out pixels (`check_masked_boxes`), and
+    reads every training photo's header (size); turn it off only where the caller decodes the
+    images itself.
     """
     root = Path(cfg.root)
+    if root.is_file():
+        raise CompetitionError(f"{root}: is a file, not a folder; the competition is the folder that holds "
+                               f"Dataset/ (or train/ and test/ and the bbox CSV): unpack it if it is an archive")
     if not root.is_dir():
         raise CompetitionError(
             f"{root}: competition folder not found; build the offline sample or download the "
@@ -176,8 +272,9 @@ def load_competition(cfg: DataConfig, check_images: bool = True) -> Competition:
 def _load_photo_reconstruction(root: Path, dataset: Path, cfg: DataConfig, check_images: bool) -> Competition:
     train_root, test_root = dataset / TRAINING, dataset / TESTING
     candidates: list[ImageRecord] = []
+    masked: list[MaskedImage] = []
     for class_dir in sorted(d for d in train_root.iterdir() if d.is_dir()):
-        candidates += _training_pairs(class_dir, cfg, check_images)
+        candidates += _training_pairs(class_dir, cfg, check_images, masked)
     if not candidates:
         raise CompetitionError(f"{train_root}: no training images (no class folders with {UNMASKED}/ images); "
                                "check the download")
@@ -186,13 +283,17 @@ def _load_photo_reconstruction(root: Path, dataset: Path, cfg: DataConfig, check
     test_csv = test_root / MASKED_INFO
     if not test_csv.is_file():
         raise CompetitionError(f"{test_csv}: the test boxes file is missing; check the download")
-    test = _test_records(list_images(test_root, recursive=False), test_root, test_csv, cfg, check_images,
+    test = _test_records(list_images(test_root, recursive=False), test_root, test_csv, cfg, masked,
                          lambda path: _label_from_name(path.name, cfg, classes))
+    if check_images:
+        check_masked_boxes(masked, cfg.image_size)
     return Competition(root, cfg, "photo-reconstruction", train, val, test, test_csv, test_root, classes=classes)
 
 
-def _training_pairs(class_dir: Path, cfg: DataConfig, check_images: bool) -> list[ImageRecord]:
-    """One class's Unmasked_Train photos, each with its Masked_Train twin and that twin's boxes."""
+def _training_pairs(class_dir: Path, cfg: DataConfig, check_images: bool,
+                    masked_images: list[MaskedImage]) -> list[ImageRecord]:
+    """One class's Unmasked_Train photos, each with its Masked_Train twin and that twin's boxes
+    (the twins are appended to `masked_images` for the box check)."""
     unmasked_dir, masked_dir = class_dir / UNMASKED, class_dir / MASKED
     for folder in (unmasked_dir, masked_dir):
         if not folder.is_dir():
@@ -206,22 +307,23 @@ def _training_pairs(class_dir: Path, cfg: DataConfig, check_images: bool) -> lis
     info = masked_dir / MASKED_INFO
     if not info.is_file():
         raise CompetitionError(f"{info}: missing; it gives the boxes of the {MASKED} images")
-    boxes: dict[str, list[tuple[int, Box]]] = {}
+    boxes: dict[str, list[tuple[int, Box, int]]] = {}
     for row in _read_boxes(info, cfg).itertuples():
         name = Path(row.image.replace("\\", "/")).name
         if name not in masked:
             raise CompetitionError(f"{info}: line {row.line}: image {row.image!r} is not in {masked_dir}")
-        boxes.setdefault(name, []).append((row.box, Box(row.x, row.y, row.w, row.h)))
+        boxes.setdefault(name, []).append((row.box, Box(row.x, row.y, row.w, row.h), row.line))
     records = []
     for name, path in unmasked.items():
         given = sorted(boxes.get(name, []), key=lambda t: t[0])
         if len(given) != cfg.boxes_per_image:
             raise CompetitionError(f"{info}: {name!r} has {len(given)} box(es), expected {cfg.boxes_per_image}")
         if check_images:
-            _check_header(path, cfg.image_size)
-            _check_header(masked[name], cfg.image_size)
+            _check_header(path, cfg.image_size)  # the masked twin is decoded by the box check
         records.append(ImageRecord(f"{class_dir.name}_{name}", path, class_dir.name, "train",
-                                   tuple(b for _, b in given), masked[name]))
+                                   tuple(b for _, b, _ in given), masked[name]))
+        masked_images.append(MaskedImage(masked[name], tuple(b for _, b, _ in given), info,
+                                         tuple(line for _, _, line in given)))
     return records
 
 
@@ -267,8 +369,11 @@ def _load_generic(root: Path, cfg: DataConfig, check_images: bool) -> Competitio
         train_records.append(ImageRecord(image_id, path, _folder_label(path, train_base), "train"))
     train, val = carve_validation(train_records, cfg)
     classes = sorted({r.label for r in train_records if r.label})
-    test = _test_records(list_images(test_root), test_root, bbox_csv, cfg, check_images,
+    masked: list[MaskedImage] = []
+    test = _test_records(list_images(test_root), test_root, bbox_csv, cfg, masked,
                          lambda path: _folder_label(path, test_root) or _label_from_name(path.name, cfg, classes))
+    if check_images:
+        check_masked_boxes(masked, cfg.image_size)
     classes = sorted(set(classes) | {r.label for r in test if r.label})
     return Competition(root, cfg, "generic", train, val, test, bbox_csv, test_root, classes=classes)
 
@@ -278,9 +383,10 @@ def _folder_label(path: Path, folder: Path) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-def _test_records(test_paths: list[Path], test_root: Path, bbox_csv: Path, cfg: DataConfig, check_images: bool,
-                  label_of) -> list[ImageRecord]:
-    """The test images with their boxes from `bbox_csv`; ids are file names (extension kept)."""
+def _test_records(test_paths: list[Path], test_root: Path, bbox_csv: Path, cfg: DataConfig,
+                  masked_images: list[MaskedImage], label_of) -> list[ImageRecord]:
+    """The test images with their boxes from `bbox_csv`; ids are file names (extension kept).
+    The test images are masked: each is appended to `masked_images` for the box check."""
     if not test_paths:
         raise CompetitionError(f"{test_root}: no test images (.jpg/.jpeg/.png)")
     table = _read_boxes(bbox_csv, cfg)
@@ -290,15 +396,14 @@ def _test_records(test_paths: list[Path], test_root: Path, bbox_csv: Path, cfg: 
             raise CompetitionError(f"{path} and {names[path.name]}: two test images share the name {path.name!r}; "
                                    "submission ids are file names and must be unique")
         names[path.name] = path
-    index = _name_index(test_paths, test_root)
+    index, shared = _name_index(test_paths, test_root)
     boxes_by_path: dict[Path, list[tuple[int, Box, int]]] = {}
     label_by_path: dict[Path, str | None] = {}
     for row in table.itertuples():
         name = row.image.replace("\\", "/")  # paths written on Windows
         path = index.get(name) or index.get(Path(name).name)
         if path is None:
-            raise CompetitionError(f"{bbox_csv}: line {row.line}: image {row.image!r} is not among the "
-                                   f"{len(test_paths)} images under {test_root} (or its name is shared by two)")
+            raise CompetitionError(_unknown_image(bbox_csv, row, test_paths, test_root, shared))
         boxes_by_path.setdefault(path, []).append((row.box, Box(row.x, row.y, row.w, row.h), row.line))
         label_by_path[path] = row.label if isinstance(row.label, str) and row.label else None
     test = []
@@ -314,8 +419,8 @@ def _test_records(test_paths: list[Path], test_root: Path, bbox_csv: Path, cfg: 
                                    f"expected {cfg.boxes_per_image} (data.boxes_per_image in the config)")
         label = label_by_path[path] or label_of(path)
         test.append(ImageRecord(path.name, path, label, "test", tuple(b for _, b, _ in entries)))
-        if check_images:
-            read_image(path, cfg.image_size)
+        masked_images.append(MaskedImage(path, tuple(b for _, b, _ in entries), bbox_csv,
+                                         tuple(line for _, _, line in entries)))
     return test
 
 
@@ -326,19 +431,40 @@ def _read_boxes(path: Path, cfg: DataConfig):
         raise CompetitionError(str(exc)) from None
 
 
-def _name_index(paths: list[Path], root: Path) -> dict[str, Path]:
+def _name_index(paths: list[Path], root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """Map every way a bbox CSV may name an image (relative path, file name, stem) to it; a key
-    shared by two images (a stem with two extensions) maps to neither."""
+    shared by two images (a stem with two extensions) maps to neither, and is returned apart
+    with the images that share it."""
     index: dict[str, Path] = {}
-    ambiguous: set[str] = set()
+    shared: dict[str, list[Path]] = {}
     for path in paths:
         for key in {path.relative_to(root).as_posix(), path.name, path.stem}:
             if key in index and index[key] != path:
-                ambiguous.add(key)
+                shared.setdefault(key, [index[key]]).append(path)
             index[key] = path
-    for key in ambiguous:
+    for key in shared:
         index.pop(key)
-    return index
+    return index, shared
+
+
+def _unknown_image(bbox_csv: Path, row, test_paths: list[Path], test_root: Path,
+                   shared: dict[str, list[Path]]) -> str:
+    """Why a bbox CSV row names no test image: a name two images share, a file of an extension
+    that is not read, or no such file."""
+    name = row.image.replace("\\", "/")
+    where = f"{bbox_csv}: line {row.line}: image {row.image!r}"
+    both = shared.get(name) or shared.get(Path(name).name)
+    if both:
+        return (f"{where} names {len(both)} test images: {', '.join(map(str, both))}; name one of them in full "
+                "(with its extension) in the CSV, or rename the other")
+    unread = [p for p in (test_root / name, test_root / Path(name).name) if p.is_file()]
+    unread += sorted(p for p in test_root.rglob(f"{glob.escape(Path(name).stem)}.*") if p.is_file())
+    unread = [p for p in unread if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if unread:
+        return (f"{where} is {unread[0]}, and {unread[0].suffix or 'a file without an extension'} is not read: "
+                f"only {', '.join(IMAGE_SUFFIXES)} images are; convert it (and its name in the CSV) or remove both")
+    return (f"{where} is not among the {len(test_paths)} images ({', '.join(IMAGE_SUFFIXES)}) under {test_root}; "
+            "check the name, or the download")
 
 
 def carve_validation(candidates: list[ImageRecord], cfg: DataConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:

@@ -84,7 +84,8 @@ def build_compression(aug: AugmentConfig) -> A.Compose | None:
 class BoxInpaintingDataset(Dataset):
     """Items are dicts of tensors:
 
-    masked_image: float32 3xHxW in -1..1, box pixels set to the hole fill (0 = black without one)
+    model_input:  float32 3xHxW in -1..1, the masked photo with its box pixels set to the hole fill
+                  (0 = black without one)
     mask:         float32 1xHxW, 1 inside the boxes
     target:       float32 3xHxW in -1..1, the full (augmented) photo
     boxes:        int64 (boxes, 4) as x, y, w, h after augmentation
@@ -155,7 +156,7 @@ class BoxInpaintingDataset(Dataset):
         if self.hole_fill is not None:
             masked = self.hole_fill(masked, mask)
         return {
-            "masked_image": to_tensor(masked),
+            "model_input": to_tensor(masked),
             "mask": torch.from_numpy(mask[None].astype(np.float32)),
             "target": to_tensor(image),
             "boxes": torch.tensor([[b.x, b.y, b.w, b.h] for b in boxes], dtype=torch.int64),

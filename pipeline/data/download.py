@@ -12,7 +12,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.kaggle import KaggleError, _authenticated_api, _say, _translated_errors
+from pipeline.kaggle import KaggleError, _authenticated_api, _say, _translated_errors, check_slug
+from pipeline.files import replace_folder
 
 # Rounds of "unzip the zips that came out of a zip"; a bound against zip-in-zip bombs.
 _MAX_NESTED_ZIP_ROUNDS = 3
@@ -55,6 +56,7 @@ def download_competition(slug: str, dest: Path, *, force: bool = False) -> Path:
     so an interrupted run never leaves a half-filled `dest`. Every zip, including zips inside the
     download, is extracted and then deleted. Raises KaggleError on anything a person must fix.
     """
+    check_slug(slug)  # before `dest` (data/raw/<slug>) is looked at: ../../x would leave data/raw
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise KaggleError(f"{dest} is a file, not a folder; choose another destination for competition '{slug}'.")
@@ -87,15 +89,7 @@ def download_competition(slug: str, dest: Path, *, force: bool = False) -> Path:
                 path.rename(unpacked / path.name)
         _extract_nested_zips(unpacked, slug)
 
-        previous = staging / "previous"
-        if dest.exists():
-            dest.rename(previous)  # only reached with force, or when dest is an empty folder
-        try:
-            unpacked.rename(dest)
-        except OSError:
-            if previous.exists():
-                previous.rename(dest)  # put the old data back rather than leave nothing
-            raise
+        replace_folder(unpacked, dest)  # an old dest only with force, or when it is an empty folder
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _say(f"Competition '{slug}' is in {dest}")

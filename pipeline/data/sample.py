@@ -33,6 +33,7 @@ from tqdm import tqdm
 from pipeline.config import DataConfig
 from pipeline.data.boxes import Box, apply_mask, boxes_mask, random_boxes
 from pipeline.data.competition import MASKED, MASKED_INFO, TESTING, TRAINING, UNMASKED, write_image
+from pipeline.files import replace_folder
 
 MASK_JPEG_QUALITY = 75  # the masked copies' compression: ringing near the boxes, as in the real files
 SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -228,7 +229,5 @@ def build_sample(
         pd.DataFrame(rows).to_csv(train_dir / label / MASKED / MASKED_INFO)  # with pandas' index, as the real file
     pd.DataFrame(test_info).to_csv(test_dir / MASKED_INFO)
     for staging, final in ((staging_root, root), (staging_truth, truth)):
-        shutil.rmtree(final, ignore_errors=True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(final)
+        replace_folder(staging, final)
     return root

@@ -88,6 +88,7 @@ METHODS = {
     "pix2pix": "pipeline.inpainters.pix2pix:Pix2PixInpainter",
     "pconv": "pipeline.inpainters.pconv:PConvInpainter",
     "glcic": "pipeline.inpainters.glcic:GLCICInpainter",
+    "torchscript": "pipeline.inpainters.torchscript:TorchScriptInpainter",
     "nearest": "pipeline.inpainters.nearest:NearestInpainter",
 }
 

@@ -1,14 +1,15 @@
-"""Classical baselines: per-image mean colour, and OpenCV's Telea and Navier-Stokes inpainting."""
+"""Classical baselines: per-image mean colour, and OpenCV's Telea and Navier-Stokes inpainting
+(each one of the hole fills of pipeline/inpainters/fill.py, on its own)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from pipeline.config import ConfigError, VariantConfig, param_where, parse_params
 from pipeline.inpainters.base import InpaintBatch, Inpainter
+from pipeline.inpainters.fill import fill_holes
 
 
 @dataclass
@@ -33,12 +34,7 @@ class MeanFill(Classical):
         return cls()
 
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
-        out = batch.masked_images.copy()
-        for image, mask in zip(out, batch.masks):
-            known = image[~mask]
-            # a fully masked image has no known pixel: mid-grey is the RMSE-safest guess
-            image[mask] = np.round(known.mean(axis=0)).astype(np.uint8) if len(known) else 128
-        return out
+        return fill_holes(batch.masked_images, batch.masks, "mean")
 
 
 @dataclass
@@ -49,10 +45,12 @@ class OpenCVParams:
 class OpenCVInpaint(Classical):
     """cv2.inpaint with the Telea (fast marching) or Navier-Stokes algorithm, per image."""
 
-    FLAGS = {"telea": cv2.INPAINT_TELEA, "navier-stokes": cv2.INPAINT_NS}
+    ALGORITHMS = ("telea", "navier-stokes")
 
     def __init__(self, algorithm: str, radius: float):
-        self.flag = self.FLAGS[algorithm]
+        if algorithm not in self.ALGORITHMS:
+            raise ValueError(f"OpenCV inpainting {algorithm!r} is not one of {', '.join(self.ALGORITHMS)}")
+        self.algorithm = algorithm
         self.radius = radius
 
     @classmethod
@@ -63,9 +61,4 @@ class OpenCVInpaint(Classical):
         return cls(variant.method, params.radius)
 
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
-        return np.stack(
-            [
-                cv2.inpaint(image, mask.astype(np.uint8), self.radius, self.flag)
-                for image, mask in zip(batch.masked_images, batch.masks)
-            ]
-        )
+        return fill_holes(batch.masked_images, batch.masks, self.algorithm, self.radius)

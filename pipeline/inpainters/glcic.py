@@ -2,8 +2,8 @@
 
 Completion network: an encoder-decoder that halves the image twice, runs dilated 3x3 convolutions
 (rates 2, 4, 8, 16) at a quarter of the size, and doubles it back; it is fed the masked image with
-the boxes pre-filled (`hole_init`: zero = the constant mid-grey of report 004, mean, telea,
-navier-stokes; pix2pix's HoleFill) and the mask as a fourth channel. With `residual` (this
+the boxes pre-filled (`hole_fill`: zero = the constant mid-grey of report 004, mean, telea,
+navier-stokes; pipeline/inpainters/fill.py) and the mask as a fourth channel. With `residual` (this
 project's addition, as in pix2pix) it predicts a residual on the fill before the final tanh.
 
 Context discriminator: a global branch on the whole image and a local branch on a
@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
-from pipeline.inpainters.pix2pix import HOLE_INITS, NORMS, HoleFill, box_loss, generator_input, norm_layer
+from pipeline.inpainters.blocks import NORMS, generator_input, norm_layer, residual_on_fill
+from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+from pipeline.inpainters.losses import GANLoss, box_loss
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
 
@@ -40,7 +43,7 @@ PHASES = ("completion", "discriminator", "joint")
 class NetworkParams:
     width: int = 64  # completion network: channels of the first layer (the paper's 64; 4x in the middle)
     norm: str = "batch"  # batch | instance | none
-    hole_init: str = "zero"  # zero (mid-grey) | mean | telea | navier-stokes
+    hole_fill: str = "zero"  # zero (mid-grey) | mean | telea | navier-stokes | none
     residual: bool = False  # predict a residual on the fill (tanh space), as pix2pix does here
     d_width: int = 64  # discriminators: channels of the first layer (doubling to 8x)
     local_size: int = 128  # side of the local discriminator's crop around a box
@@ -54,7 +57,7 @@ class LossParams:
     alpha: float = 0.0004  # weight of the adversarial term in phase 3 (the paper's)
 
 
-GENERATOR_KEYS = ("width", "norm", "hole_init", "residual")
+GENERATOR_KEYS = ("width", "norm", "hole_fill", "residual")
 
 
 def phase(epoch: int, loss: LossParams) -> str:
@@ -108,7 +111,7 @@ class CompletionNetwork(nn.Module):
     def forward(self, filled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.layers(generator_input(filled, mask)).float()
         if self.residual:  # zero residual -> the fill
-            return torch.tanh(torch.atanh(filled.float().clamp(-0.999, 0.999)) + out)
+            return residual_on_fill(filled, out)
         return torch.tanh(out)
 
 
@@ -159,11 +162,6 @@ def mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind
     return (prediction.float() - target.float()).square().mean()
 
 
-def bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(real)))
-
-
 class GLCICStep:
     """step(batch, epoch): the phase's updates (completion: G on masked MSE; discriminator: D;
     joint: D, then G on MSE + alpha x adversarial)."""
@@ -174,6 +172,7 @@ class GLCICStep:
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         # G's adversarial term goes through the bare module: no DDP hooks, no gradients for D
         self.plain_d = accelerator.unwrap_model(discriminator)
+        self.gan_loss = GANLoss("vanilla").to(accelerator.device)
 
     def __call__(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         acc, loss = self.accelerator, self.loss
@@ -190,7 +189,7 @@ class GLCICStep:
             with acc.autocast():  # real and fake in one forward: one backward through DDP
                 logits = self.discriminator(torch.cat([target, composited.detach()]), torch.cat([real_crop, fake_crop]))
             real_logits, fake_logits = logits.chunk(2)
-            loss_d = bce(real_logits, True) + bce(fake_logits, False)
+            loss_d = self.gan_loss(real_logits, True) + self.gan_loss(fake_logits, False)
             acc.backward(loss_d)
             self.opt_d.step()
             self.opt_d.zero_grad(set_to_none=True)
@@ -204,7 +203,7 @@ class GLCICStep:
             with acc.autocast():
                 adv_logits = self.plain_d(composited, local_crops(composited, boxes, self.local_size))
             self.plain_d.requires_grad_(True)
-            logs["loss/g_adv"] = bce(adv_logits, True)
+            logs["loss/g_adv"] = self.gan_loss(adv_logits, True)
             loss_g = loss_g + loss.alpha * logs["loss/g_adv"]
         acc.backward(loss_g)
         self.opt_g.step()
@@ -224,7 +223,7 @@ class GLCICFamily(Family):
     def check(self, variant: VariantConfig, config: TrainableConfig) -> None:
         net, loss, where = config.network, config.loss, variant.source or variant.name
         choice(variant, "norm", net.norm, NORMS)
-        choice(variant, "hole_init", net.hole_init, HOLE_INITS)
+        choice(variant, "hole_fill", net.hole_fill, HOLE_FILLS)
         choice(variant, "joint_mse", loss.joint_mse, JOINT_MSE)
         at_least(variant, {"width": net.width, "d_width": net.d_width})
         at_least(variant, {"completion_epochs": loss.completion_epochs,
@@ -244,8 +243,8 @@ class GLCICFamily(Family):
                               f"({loss.completion_epochs} + {loss.discriminator_epochs}) exceed params.epochs "
                               f"({config.train.epochs}); the joint phase would never come")
 
-    def hole_fill(self, config: TrainableConfig) -> HoleFill:
-        return HoleFill(config.network.hole_init)
+    def hole_fill(self, config: TrainableConfig) -> partial:
+        return partial(fill_holes, how=config.network.hole_fill)
 
     def build_generator(self, config: TrainableConfig) -> CompletionNetwork:
         net = config.network
@@ -255,7 +254,7 @@ class GLCICFamily(Family):
         net = config.network
         return ContextDiscriminator(net.d_width, config.image_size, net.local_size, net.norm)
 
-    def step(self, config, accelerator, nets, optimizers) -> GLCICStep:
+    def make_step(self, config, accelerator, nets, optimizers) -> GLCICStep:
         return GLCICStep(accelerator, config, nets["generator"], nets["discriminator"],
                          optimizers["opt_g"], optimizers["opt_d"])
 

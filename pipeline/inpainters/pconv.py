@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
-from pipeline.inpainters.pix2pix import NORMS, box_loss, init_weights, norm_layer
+from pipeline.inpainters.blocks import NORMS, init_weights, norm_layer
+from pipeline.inpainters.losses import box_loss
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
 
@@ -274,7 +275,7 @@ class PConvFamily(Family):
     def build_generator(self, config: TrainableConfig) -> PConvUNet:
         return build_generator(config.network)
 
-    def step(self, config, accelerator, nets, optimizers) -> PConvStep:
+    def make_step(self, config, accelerator, nets, optimizers) -> PConvStep:
         return PConvStep(accelerator, config, nets["generator"], optimizers["opt_g"])
 
     def generate(self, generator, filled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

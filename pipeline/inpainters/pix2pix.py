@@ -1,10 +1,10 @@
 """pix2pix for box inpainting: a U-Net generator, a 70x70 PatchGAN, their objectives, and the
 Inpainter that loads a trained checkpoint.
 
-The generator sees the masked photo with its hole pre-filled (`hole_init`: zero, mean, telea,
-navier-stokes) plus the mask as a fourth channel, and predicts a residual on top of that fill:
-the residual is added before the final tanh, so a zero residual reproduces the fill exactly and
-the output stays in -1..1. Only box pixels are kept (the pipeline composites), so the
+The generator sees the masked photo with its hole pre-filled (`hole_fill`: zero, mean, telea,
+navier-stokes; fill.py) plus the mask as a fourth channel, and predicts a residual on top of that
+fill: the residual is added before the final tanh, so a zero residual reproduces the fill exactly
+and the output stays in -1..1. Only box pixels are kept (the pipeline composites), so the
 reconstruction losses are taken over the box pixels alone.
 
 Objectives (`objective`):
@@ -21,20 +21,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
+from functools import partial
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
+from pipeline.inpainters.blocks import NORMS, generator_input, init_weights, norm_layer, residual_on_fill
+from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+from pipeline.inpainters.losses import GAN_LOSSES, GANLoss, box_loss
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
 
 OBJECTIVES = ("gan", "l1", "l2")
-GAN_LOSSES = ("vanilla", "lsgan")
-NORMS = ("batch", "instance", "none")
-HOLE_INITS = ("zero", "mean", "telea", "navier-stokes")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class NetworkParams:
     depth: int = 8  # down-samplings; 8 takes 256x256 to 1x1 (the paper's U-Net-256)
     norm: str = "batch"  # batch | instance | none
     dropout: bool = True  # dropout 0.5 in the widest decoder layers, as in the paper
-    hole_init: str = "telea"  # what fills the hole before the generator: zero|mean|telea|navier-stokes
+    hole_fill: str = "telea"  # what fills the hole before the generator: zero|mean|telea|navier-stokes|none
     ndf: int = 64  # discriminator width (gan objective only)
     d_layers: int = 3  # PatchGAN strided layers; 3 gives the 70x70 receptive field
 
@@ -60,7 +60,7 @@ class LossParams:
 
 
 # what a generator's weights are trained for: a checkpoint must agree on these to be used
-GENERATOR_KEYS = ("ngf", "depth", "norm", "dropout", "hole_init")
+GENERATOR_KEYS = ("ngf", "depth", "norm", "dropout", "hole_fill")
 
 
 def pix2pix_config(variant: VariantConfig) -> TrainableConfig:
@@ -69,40 +69,7 @@ def pix2pix_config(variant: VariantConfig) -> TrainableConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hole initialisation: uint8 in, uint8 out, so it runs in the data loader's workers
-
-
-class HoleFill:
-    """(masked uint8 HxWx3, bool HxW mask) -> uint8 HxWx3 with the hole filled; picklable, so it
-    runs in the loader's worker processes whatever their start method."""
-
-    def __init__(self, name: str):
-        if name not in HOLE_INITS:
-            raise ValueError(f"hole_init {name!r} is not one of {', '.join(HOLE_INITS)}")
-        self.name = name
-
-    def __call__(self, masked: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        if self.name in ("telea", "navier-stokes"):
-            flag = cv2.INPAINT_TELEA if self.name == "telea" else cv2.INPAINT_NS
-            return cv2.inpaint(masked, mask.astype(np.uint8), 5.0, flag)
-        out = masked.copy()
-        if self.name == "zero":
-            out[mask] = 128  # 0 on the model's -1..1 scale: the canonical pix2pix input
-        else:  # mean colour of the known pixels
-            out[mask] = np.round(masked[~mask].mean(axis=0)).astype(np.uint8)
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Networks
-
-
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels)
-    return nn.Identity()
+# Networks (the pieces other families share are in blocks.py)
 
 
 class Down(nn.Sequential):
@@ -167,9 +134,7 @@ class UNetGenerator(nn.Module):
         x = self.ups[-1](skips.pop())
         for up in reversed(self.ups[:-1]):
             x = up(torch.cat([x, skips.pop()], dim=1))
-        # residual in tanh's input space: zero residual -> the fill; always inside -1..1
-        base = torch.atanh(fill.float().clamp(-0.999, 0.999))
-        return torch.tanh(base + x.float())
+        return residual_on_fill(fill, x)
 
 
 class PatchDiscriminator(nn.Module):
@@ -192,18 +157,6 @@ class PatchDiscriminator(nn.Module):
         return self.model(x)
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """The paper's init: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, std)
-            nn.init.zeros_(m.bias)
-
-
 def build_generator(net: NetworkParams) -> UNetGenerator:
     model = UNetGenerator(4, 3, net.ngf, net.depth, net.norm, net.dropout)
     init_weights(model)
@@ -218,38 +171,13 @@ def build_discriminator(net: NetworkParams) -> PatchDiscriminator:
 
 
 # ---------------------------------------------------------------------------------------------
-# Objectives (all tensors float, NCHW; mask (N, 1, H, W) with 1 in the boxes)
-
-
-def generator_input(masked_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) filled masked image in -1..1 + (N, 1, H, W) mask -> (N, 4, H, W)."""
-    return torch.cat([masked_image, mask], dim=1)
-
-
-def box_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean absolute (l1) or squared (l2) error over the box pixels only."""
-    diff = (prediction.float() - target.float()) * mask
-    values = diff.abs() if kind == "l1" else diff.square()
-    return values.sum() / (mask.sum() * prediction.shape[1]).clamp_min(1.0)
-
-
-def gan_loss(logits: torch.Tensor, real: bool, kind: str) -> torch.Tensor:
-    """Adversarial loss of PatchGAN logits against an all-real or all-fake label."""
-    logits = logits.float()
-    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-    if kind == "lsgan":
-        return F.mse_loss(logits, target)
-    return F.binary_cross_entropy_with_logits(logits, target)
-
-
-# ---------------------------------------------------------------------------------------------
-# Inference
+# The step (objectives in losses.py; tensors float NCHW, mask (N, 1, H, W) with 1 in the boxes)
 
 
 class Pix2PixStep:
     """One step of the configured objective on a batch, through `accelerator` (precision, DDP).
 
-    step(batch, epoch): the batch is the loader's dict on the device: masked_image (the hole
+    step(batch, epoch): the batch is the loader's dict on the device: model_input (the hole
     already filled), mask and target, float NCHW. Returns the step's losses (0-dim tensors) by
     TensorBoard tag.
     """
@@ -258,6 +186,7 @@ class Pix2PixStep:
         self.accelerator, self.loss, self.channels_last = accelerator, config.loss, config.train.channels_last
         self.generator, self.opt_g = generator, opt_g
         self.discriminator, self.opt_d = discriminator, opt_d
+        self.gan_loss = GANLoss(config.loss.gan_loss).to(accelerator.device)
         # G's adversarial term goes through the bare module: no DDP hooks, no gradients for D
         self.plain_d = accelerator.unwrap_model(discriminator) if discriminator is not None else None
 
@@ -276,10 +205,10 @@ class Pix2PixStep:
             with acc.no_sync(self.discriminator):  # summed locally, synced by the second backward
                 with acc.autocast():
                     real_logits = self.discriminator(torch.cat([g_input, target], dim=1))
-                acc.backward(0.5 * gan_loss(real_logits, True, loss.gan_loss))
+                acc.backward(0.5 * self.gan_loss(real_logits, True))
             with acc.autocast():
                 fake_logits = self.discriminator(torch.cat([g_input, composited.detach()], dim=1))
-            loss_fake = gan_loss(fake_logits, False, loss.gan_loss)
+            loss_fake = self.gan_loss(fake_logits, False)
             acc.backward(0.5 * loss_fake)
             self.opt_d.step()
             self.opt_d.zero_grad(set_to_none=True)
@@ -288,7 +217,7 @@ class Pix2PixStep:
             with acc.autocast():
                 adv_logits = self.plain_d(torch.cat([g_input, composited], dim=1))
             self.plain_d.requires_grad_(True)
-            loss_adv = gan_loss(adv_logits, True, loss.gan_loss)
+            loss_adv = self.gan_loss(adv_logits, True)
             loss_l1 = box_loss(prediction, target, mask, "l1")
             loss_g = loss_adv + loss.lambda_l1 * loss_l1
             logs = {"loss/d_fake": loss_fake, "loss/g_adv": loss_adv, "loss/box_l1": loss_l1}
@@ -311,7 +240,7 @@ class Pix2PixFamily(Family):
     def check(self, variant: VariantConfig, config: TrainableConfig) -> None:
         net, loss = config.network, config.loss
         choice(variant, "norm", net.norm, NORMS)
-        choice(variant, "hole_init", net.hole_init, HOLE_INITS)
+        choice(variant, "hole_fill", net.hole_fill, HOLE_FILLS)
         choice(variant, "objective", loss.objective, OBJECTIVES)
         choice(variant, "gan_loss", loss.gan_loss, GAN_LOSSES)
         size = variant.data.image_size
@@ -320,8 +249,8 @@ class Pix2PixFamily(Family):
                               f"divide the {size}px image evenly; use 2..{int(np.log2(size & -size))}")
         at_least(variant, {"ngf": net.ngf, "ndf": net.ndf, "d_layers": net.d_layers})
 
-    def hole_fill(self, config: TrainableConfig) -> HoleFill:
-        return HoleFill(config.network.hole_init)
+    def hole_fill(self, config: TrainableConfig) -> partial:
+        return partial(fill_holes, how=config.network.hole_fill)
 
     def build_generator(self, config: TrainableConfig) -> UNetGenerator:
         return build_generator(config.network)
@@ -329,7 +258,7 @@ class Pix2PixFamily(Family):
     def build_discriminator(self, config: TrainableConfig) -> PatchDiscriminator | None:
         return build_discriminator(config.network) if config.loss.objective == "gan" else None
 
-    def step(self, config, accelerator, nets, optimizers) -> Pix2PixStep:
+    def make_step(self, config, accelerator, nets, optimizers) -> Pix2PixStep:
         return Pix2PixStep(accelerator, config, nets["generator"], optimizers["opt_g"],
                            nets.get("discriminator"), optimizers.get("opt_d"))
 

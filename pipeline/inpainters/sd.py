@@ -1,36 +1,7 @@
-"""Zero-shot Stable Diffusion inpainting (diffusers), at the model's resolution (512 by default).
-
-Two ways to reach the model's resolution (`params.resize`):
-
-    whole   the whole 256x256 image and its mask are upscaled to `size` (bicubic / nearest), both
-            boxes are inpainted in one call, and the result is resized back (INTER_AREA); images
-            of a batch go through the pipeline together.
-    crop    one box at a time, diffusers' own `padding_mask_crop`: the pipeline crops a square
-            around the box's mask with `crop_padding` pixels of context, upscales it to `size`,
-            inpaints, resizes the result back and pastes it over the crop (its image processor's
-            resampling, Lanczos). The second box is inpainted on the image whose first box is
-            already filled, so neither crop ever sees a blank box as context.
-
-Before the model sees an image, its boxes may be pre-filled (`prefill`: OpenCV Telea by default)
-so that the pixels around a box are not darkened by the blank box when upscaling, and the other
-box is plausible context. The pipeline blanks everything under its mask anyway. The mask given to
-the model is the boxes grown by `mask_dilation` pixels, so that latent cells (8x8 pixels at the
-model's scale) straddling a box edge are regenerated rather than kept.
-
-Prompts are templates: `{animal}` is the image's class folder ("cat"), `{a_animal}` the same with
-its article ("an elephant"); when the class is not known both become `unknown_animal` ("animal"),
-or, when that is empty, vanish with their article.
-
-Each image (each box in crop mode) gets a torch.Generator seeded from (seed, image id[, box]),
-so an image's result does not depend on which batch or process it is in.
-
-`colour_correction` shifts each box, per channel, by the difference between the known pixels of
-a ring around the box and the model's own output on that ring, i.e. it removes the colour drift
-the model shows next to the box. The ring is the known pixels within `ring_width` of the box that
-the model regenerated (all of them in whole mode; those under the dilated mask in crop mode).
-
-The weights are never downloaded implicitly when they cannot be: `check_model` runs before any
-other work and raises ModelNotAvailableError with the command that fetches them.
+"""Zero-shot Stable Diffusion inpainting (diffusers) at the model's resolution (512 by default):
+the image is upscaled whole, or a crop around each box (`params.resize`), pre-filled, inpainted
+with a prompt from the image's class, and brought back; seeds per image, an optional colour
+correction from the ring around each box, and the weights checked before any work.
 """
 
 from __future__ import annotations
@@ -49,13 +20,15 @@ import numpy as np
 
 from pipeline.config import ConfigError, PipelineError, VariantConfig, parse_params
 from pipeline.data.boxes import Box
+from pipeline.devices import execution_device
 from pipeline.inpainters.base import InpaintBatch, Inpainter
+from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+from pipeline.next_step import NextStep
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
 PROMPT_FIELDS = ("animal", "a_animal")
 RESIZE_MODES = ("whole", "crop")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
-PREFILLS = ("none", "mean", "telea")
 # short names for diffusers scheduler classes; any diffusers scheduler class name also works
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -99,7 +72,7 @@ class SDParams:
     size: int = 512  # the model's working resolution
     crop_padding: int = 32  # crop mode: context pixels (at the image's scale) around the box
     mask_dilation: int = 4  # pixels (image scale) the mask is grown beyond the box
-    prefill: str = "telea"  # what the boxes hold before the model sees them: none | mean | telea
+    hole_fill: str = "telea"  # what the boxes hold before the model sees them: none | zero | mean | telea | navier-stokes
     colour_correction: bool = False
     ring_width: int = 4  # pixels around the box whose colour statistics the correction matches
 
@@ -183,7 +156,7 @@ def how_to_get(model: str) -> str:
         "which fills the Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME/hub); copy that cache to "
         "this machine (or point params.cache_dir / HF_HOME at it). Or add `--local-dir checkpoints/sd-inpainting` "
         "to the download and set the variant's params.model to that folder "
-        "(e.g. `python -m pipeline sd --sweep FILE --param model=checkpoints/sd-inpainting`)."
+        f"(e.g. `{NextStep('sd', {'sweep': 'FILE', 'param': 'model=checkpoints/sd-inpainting'})}`)."
     )
 
 
@@ -258,22 +231,6 @@ def check_model(params: SDParams) -> ModelSource:
 
 # --- the diffusers pipeline, loaded once per model and settings ------------------------------
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return str(PartialState().device)
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -297,7 +254,7 @@ _LOADED: dict[tuple, LoadedPipeline] = {}
 
 def load_pipeline(params: SDParams, source: ModelSource) -> LoadedPipeline:
     """AutoPipelineForInpainting.from_pretrained(source), on its device and dtype; cached."""
-    device = resolve_device(params.device)
+    device = str(execution_device(params.device))
     offload = params.cpu_offload and not device.startswith(("cpu", "mps"))
     if params.cpu_offload and not offload:
         warnings.warn(f"cpu_offload ignored on device {device}: it offloads GPU models to the CPU")
@@ -390,21 +347,6 @@ def box_mask(box: Box, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def prefill(images: np.ndarray, masks: np.ndarray, how: str) -> np.ndarray:
-    """Copies of `images` whose masked pixels hold a cheap fill (context for the model)."""
-    out = images.copy()
-    if how == "none":
-        return out
-    for image, mask in zip(out, masks):
-        if not mask.any() or mask.all():
-            continue
-        if how == "mean":
-            image[mask] = np.round(image[~mask].mean(axis=0)).astype(np.uint8)
-        else:
-            image[:] = cv2.inpaint(image, mask.astype(np.uint8), 5.0, cv2.INPAINT_TELEA)
-    return out
-
-
 def colour_correct(image: np.ndarray, known: np.ndarray, raw: np.ndarray, boxes, all_boxes: np.ndarray,
                    regenerated: np.ndarray, ring_width: int) -> np.ndarray:
     """`image` with each box shifted per channel by mean(known - raw) over the box's ring.
@@ -437,7 +379,7 @@ class SDInpainter(Inpainter):
     def parse(variant: VariantConfig) -> SDParams:
         params = parse_params(SDParams, variant.params, variant)
         where = f"{variant.source or variant.name}: params"
-        for name, allowed in (("resize", RESIZE_MODES), ("dtype", DTYPES), ("prefill", PREFILLS)):
+        for name, allowed in (("resize", RESIZE_MODES), ("dtype", DTYPES), ("hole_fill", HOLE_FILLS)):
             if getattr(params, name) not in allowed:
                 raise ConfigError(f"{where}.{name}: {getattr(params, name)!r} is not one of {', '.join(allowed)}")
         if not isinstance(params.animal_names, dict) or not all(
@@ -551,7 +493,7 @@ class SDInpainter(Inpainter):
     def inpaint(self, batch: InpaintBatch) -> np.ndarray:
         p = self.params
         images, masks = batch.masked_images, batch.masks
-        context = prefill(images, masks, p.prefill)
+        context = fill_holes(images, masks, p.hole_fill)
         model_masks = np.stack([dilate(m, p.mask_dilation) for m in masks])
         pipe = self._prepare_pipe()
         if p.resize == "whole":

@@ -1,71 +1,76 @@
 """What a trainable family supplies to the shared trainer (pipeline/train.py), the settings every
 family shares, and the Inpainter that predicts with a trained generator.
 
-A family (pix2pix.py, pconv.py, glcic.py) is a `Family` subclass:
+A family (pix2pix.py, pconv.py, glcic.py, torchscript.py) is a `Family` subclass:
 
     NetworkParams, LossParams   its own params (dataclasses); the network's must match a checkpoint
     generator_keys              the params a best.pt must agree on to be loaded for prediction
     hole_fill(config)           what fills the boxes before the networks see them (in the loader)
+    check_trainable(variant, config)  training's own checks (torchscript: a zero_shot variant refuses)
     build(config)               its networks by name: {"generator": ..., ["discriminator": ...]}
-    step(config, acc, nets, opts)  the step on one batch: step(batch, epoch) -> losses by tag
+    make_step(config, acc, nets, opts)  the step function: step(batch, epoch) trains on one batch
+                                 and returns its losses by tag
     generate(generator, filled, mask)  the prediction, float (N, 3, H, W) in -1..1
 
 Params are flat in the variant YAML (so `--param key=value` reaches each) and fall in four groups:
-the family's NetworkParams and LossParams, and the shared TrainParams and InferenceParams.
+the family's NetworkParams and LossParams, and the shared TrainParams and InferenceParams (pydantic
+checks each value's type and bounds).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
+import pydantic
 import torch
 from torch import nn
 
-from pipeline.config import ConfigError, VariantConfig, param_where, parse_params
+from pipeline.config import CHECKED, ConfigError, Fraction, NonNegative, Positive, VariantConfig, parse_params
 from pipeline.data.dataset import to_image, to_tensor
+from pipeline.devices import execution_device
 from pipeline.inpainters.base import InpaintBatch, Inpainter
 
 CHECKPOINT_DIR = Path("checkpoints")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 # checkpoint key of each network's optimizer (the names pix2pix checkpoints have always used)
 OPTIMIZER_KEYS = {"generator": "opt_g", "discriminator": "opt_d"}
+JpegQuality = Annotated[int, pydantic.Field(ge=1, le=100)]
 
 
-@dataclass
+@pydantic.dataclasses.dataclass(config=CHECKED)
 class TrainParams:
     """How `python -m pipeline train` optimises a family's networks (every family has these)."""
 
-    epochs: int = 200  # the learning-rate schedule spans them all, whatever max_steps says
-    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
-    train_batch_size: int = 1  # per process
+    epochs: Positive = 200  # the learning-rate schedule spans them all, whatever max_steps says
+    max_steps: NonNegative = 0  # stop after this many optimiser steps (0: run all epochs)
+    train_batch_size: Positive = 1  # per process
     lr: float = 0.0002
-    lr_decay: float = 0.5  # the last fraction of the run over which lr falls linearly to 0 (pix2pix: half)
+    lr_decay: Fraction = 0.5  # the last fraction of the run over which lr falls linearly to 0 (pix2pix: half)
     beta1: float = 0.5
     beta2: float = 0.999
-    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16 needs a GPU)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 needs a GPU
     channels_last: bool = True  # NHWC activations: faster convolutions with bf16 on CPU and on tensor cores
     compile: bool = False  # torch.compile the networks (worth it for long GPU runs)
-    num_workers: int = 2  # data loader processes (decode, augment, hole fill)
-    threads: int = 0  # torch threads per process on the CPU; 0: its share of the cores minus its workers
-    max_minutes: float = 0.0  # stop (validate, save) after this much training time; 0: no limit
+    num_workers: NonNegative = 2  # data loader processes (decode, augment, hole fill)
+    threads: NonNegative = 0  # torch threads per process on the CPU; 0: its share of the cores minus its workers
+    # stop (validate, save) after this much training time; 0: no limit
+    max_minutes: Annotated[float, pydantic.Field(ge=0)] = 0.0
     seed: int = 0
     jitter: int = 16  # augmentation: largest pad-and-crop shift, pixels
-    flip: float = 0.5  # augmentation: probability of a horizontal flip
-    colour: float = 0.5  # augmentation: probability of colour jitter
-    jpeg: float = 0.0  # augmentation: probability of JPEG-compressing the masked input, as the
-    jpeg_quality_low: int = 60  # competition's masked copies are, at a quality drawn from
-    jpeg_quality_high: int = 95  # low..high
-    log_every: int = 20  # steps between TensorBoard scalars
-    checkpoint_every: int = 200  # steps between last.pt saves (also saved every epoch end)
-    val_every: int = 1  # epochs between validations (best.pt is chosen on these)
+    flip: Fraction = 0.5  # augmentation: probability of a horizontal flip
+    colour: Fraction = 0.5  # augmentation: probability of colour jitter
+    jpeg: Fraction = 0.0  # augmentation: probability of JPEG-compressing the masked input, as the
+    jpeg_quality_low: JpegQuality = 60  # competition's masked copies are, at a quality drawn from
+    jpeg_quality_high: JpegQuality = 95  # low..high
+    log_every: Positive = 20  # steps between TensorBoard scalars
+    checkpoint_every: Positive = 200  # steps between last.pt saves (also saved every epoch end)
+    val_every: Positive = 1  # epochs between validations (best.pt is chosen on these)
 
 
-@dataclass
+@pydantic.dataclasses.dataclass(config=CHECKED)
 class InferenceParams:
     """How the trained generator is used by `predict` / `submit`."""
 
@@ -103,16 +108,6 @@ def at_least(variant: VariantConfig, values: dict[str, float], minimum: float = 
             raise ConfigError(f"{variant.source or variant.name}: params.{key}: must be at least {minimum}, got {value}")
 
 
-def inference_device() -> torch.device:
-    """This process's device: under `accelerate launch` / torchrun (WORLD_SIZE > 1) the one
-    accelerate assigned it (cuda:<local rank>), else the GPU if there is one, else the CPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return PartialState().device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Family:
     """A trainable inpainting method as the trainer sees it; subclasses fill in the hooks."""
 
@@ -135,24 +130,17 @@ class Family:
         config = TrainableConfig(*[parse_params(cls, {k: v for k, v in variant.params.items() if k in names}, variant)
                                    for cls, names in zip(classes, fields)], image_size=variant.data.image_size)
         train = config.train
-        choice(variant, "mixed_precision", train.mixed_precision, MIXED_PRECISION)
-        if not 0.0 <= train.lr_decay <= 1.0:
-            raise ConfigError(f"{variant.source or variant.name}: params.lr_decay: a fraction 0..1, got {train.lr_decay}")
-        if not 0.0 <= train.jpeg <= 1.0:
-            raise ConfigError(f"{param_where(variant, 'jpeg')}: a probability 0..1, got {train.jpeg}")
-        if not 1 <= train.jpeg_quality_low <= train.jpeg_quality_high <= 100:
+        if train.jpeg_quality_low > train.jpeg_quality_high:
             raise ConfigError(f"{variant.source or variant.name}: params.jpeg_quality_low/high: need "
                               f"1 <= low <= high <= 100, got {train.jpeg_quality_low}, {train.jpeg_quality_high}")
-        at_least(variant, {"epochs": train.epochs, "train_batch_size": train.train_batch_size,
-                           "log_every": train.log_every, "checkpoint_every": train.checkpoint_every,
-                           "val_every": train.val_every})
-        at_least(variant, {"max_steps": train.max_steps, "num_workers": train.num_workers, "threads": train.threads,
-                           "max_minutes": train.max_minutes}, minimum=0)
         self.check(variant, config)
         return config
 
     def check(self, variant: VariantConfig, config: TrainableConfig) -> None:
         """The family's own checks of its params (raise ConfigError naming the key)."""
+
+    def check_trainable(self, variant: VariantConfig, config: TrainableConfig) -> None:
+        """Checks only training needs (a variant that predicts without training refuses here)."""
 
     # --- what the trainer calls
 
@@ -182,11 +170,12 @@ class Family:
                     net.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2), fused=True)
                 for name, net in nets.items()}
 
-    def step(self, config: TrainableConfig, accelerator, nets: dict[str, nn.Module],
-             optimizers: dict[str, torch.optim.Optimizer]) -> Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]]:
-        """The optimisation step on one batch: step(batch, epoch) -> {TensorBoard tag: 0-dim loss}.
+    def make_step(self, config: TrainableConfig, accelerator, nets: dict[str, nn.Module],
+                  optimizers: dict[str, torch.optim.Optimizer]) -> Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]]:
+        """The family's step function, built once per run: step(batch, epoch) optimises the networks
+        on one batch and returns {TensorBoard tag: 0-dim loss}.
 
-        The batch is the loader's dict on the device: masked_image (the hole filled by
+        The batch is the loader's dict on the device: model_input (the hole filled by
         `hole_fill`), mask (1 in the boxes), target, float NCHW; boxes (N, boxes, 4) x, y, w, h.
         """
         raise NotImplementedError
@@ -200,7 +189,7 @@ class Family:
 def batch_tensors(batch: dict[str, torch.Tensor], channels_last: bool) -> tuple[torch.Tensor, ...]:
     """(filled, mask, target) of a loader batch; NHWC memory when `channels_last` (activations
     follow the input's layout, weights stay contiguous for the fused step)."""
-    tensors = batch["masked_image"], batch["mask"], batch["target"]
+    tensors = batch["model_input"], batch["mask"], batch["target"]
     if channels_last:
         tensors = tuple(t.contiguous(memory_format=torch.channels_last) for t in tensors)
     return tensors
@@ -225,11 +214,14 @@ def load_generator(family: Family, variant: VariantConfig, config: TrainableConf
     best.pt), after checking it was trained with the network `variant` describes;
     CheckpointError (naming the file and the differing keys) otherwise."""
     from pipeline.checkpoint import check_same_config, load_state_dict, read_checkpoint
+    from pipeline.next_step import NextStep
 
     named = bool(config.inference.checkpoint)
     path = Path(config.inference.checkpoint or default_checkpoint(variant.name))
-    state = read_checkpoint(path, hint=f"Train it with `make train VARIANT={variant.name}`, or pass "
-                                       "CKPT=<file> (--param checkpoint=<file>)", named_by_user=named)
+    train = NextStep("train", {"variant": variant.name})
+    other = NextStep("submit", {"variant": variant.name, "param": "checkpoint=<file>"})
+    hint = f"Train the variant with `{train}`." if named else f"Train it with `{train}`, or use another: `{other}`."
+    state = read_checkpoint(path, hint=hint, named_by_user=named)
     check_same_config(path, state, variant, config.params(), family.generator_keys, "generator")
     generator = family.build_generator(config)
     load_state_dict(path, generator, state["generator"], "generator")
@@ -245,7 +237,7 @@ class TrainedInpainter(Inpainter):
     family: Family
 
     def __init__(self, generator: nn.Module, config: TrainableConfig, device: torch.device | None = None):
-        self.device = device or inference_device()
+        self.device = device or execution_device()
         self.generator = generator.to(self.device).eval()
         self.fill = self.family.hole_fill(config)
         self.tta_flip = config.inference.tta_flip

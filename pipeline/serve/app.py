@@ -1,5 +1,5 @@
-"""The server: what every request shares (variants, loaded models, the competition's images), the
-HTTP routes for scripts, and the Gradio page mounted beside them on one FastAPI app."""
+"""What every request shares (variants, loaded models, the competition's images) and the HTTP
+routes for scripts; server.py mounts the page beside them and runs it."""
 
 from __future__ import annotations
 
@@ -11,22 +11,20 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.config import CONFIG_DIR, DataConfig, VariantConfig, data_config
 from pipeline.serve import inpaint as core
 
-# Set by `serve` before anything imports gradio or asks the hub: no telemetry, no version check,
-# no hub lookups (the SD preflight then looks at local weights only). Without internet they hang.
-OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "GRADIO_RUN_HISTORY": "False", "GRADIO_MCP_SERVER": "False", "GRADIO_SSR_MODE": "False"}
-HOST = "127.0.0.1"  # local only unless asked (--host 0.0.0.0)
-PORT = 7860
-
 
 class App:
-    """What the page and the routes share: the variants found at start (or refresh), the models
-    loaded so far, the competition's validation and test images."""
+    """What the page and the routes share: the variants found at start (looked for again when a
+    config or checkpoint file changes), the models loaded so far, the competition's validation and
+    test images."""
 
     def __init__(self, configs_dir: Path = CONFIG_DIR, checkpoints_dir: Path = Path("checkpoints"),
                  data_root: str | Path | None = None, max_pixels: int = core.MAX_PIXELS):
@@ -39,27 +37,46 @@ class App:
         self.models = core.Models(self.checkpoints_dir)
         self.outputs = Path(tempfile.mkdtemp(prefix="pipeline-serve-"))  # result PNGs for download
         atexit.register(shutil.rmtree, self.outputs, ignore_errors=True)
-        self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self.variants: list[core.VariantStatus] = []
+        self._seen: dict[str, tuple[int, int] | None] | None = None  # the files the variants were checked on
         self._images: dict[str, core.CompetitionImage] | None = None
         self.images_error = ""
         self.refresh()
 
-    def refresh(self) -> list[core.VariantStatus]:
-        """Look for variants again (a checkpoint trained since start, weights copied in)."""
-        variants = core.discover_variants(self.configs_dir, self.checkpoints_dir, self.data_root)
-        with self._lock:
-            self.variants = variants
-        return variants
+    def _files(self, variants: list[core.VariantStatus]) -> dict[str, tuple[int, int] | None]:
+        """(mtime, size) of every file the variants' availability rests on (None: absent): each
+        config, each checkpoint found or named."""
+        paths = {*self.configs_dir.glob("*.yaml"), *self.checkpoints_dir.glob("*/best.pt")}
+        for status in variants:
+            if status.config is not None:
+                paths.update(core.variant_files(status.config, self.checkpoints_dir))
+        return {str(path): core.file_stamp(path) for path in paths}
+
+    def refresh(self, changed_only: bool = False) -> list[core.VariantStatus]:
+        """Look for variants again (a checkpoint trained, damaged or removed since, weights copied
+        in); with changed_only, only when a config or checkpoint file changed since the last look."""
+        with self._refreshing:
+            seen = self._files(self.variants)  # before looking: a change made while looking shows next time
+            if changed_only and seen == self._seen:
+                return self.variants
+            variants = core.discover_variants(self.configs_dir, self.checkpoints_dir, self.data_root)
+            seen.update({path: stamp for path, stamp in self._files(variants).items() if path not in seen})
+            self.variants, self._seen = variants, seen
+            return variants
+
+    def current(self) -> list[core.VariantStatus]:
+        """The variants as their files are now (a few stat calls; checked again when one changed)."""
+        return self.refresh(changed_only=True)
 
     def available(self) -> list[str]:
-        return [v.name for v in self.variants if v.available]
+        return [v.name for v in self.current() if v.available]
 
     def variant(self, name: str) -> VariantConfig:
         """The runnable variant `name`; RequestError 404 when unknown, 422 when it cannot run."""
-        status = next((v for v in self.variants if v.name == name), None)
+        status = next((v for v in self.current() if v.name == name), None)
         if status is None:
-            raise core.RequestError(f"no variant {name!r}; runnable: {', '.join(self.available()) or 'none'}",
+            raise core.RequestError(f"no variant {core.shown(name)}; runnable: {', '.join(self.available()) or 'none'}",
                                     status=404)
         if not status.available:
             raise core.RequestError(f"variant {name!r} cannot run here: {status.why}", status=422)
@@ -93,9 +110,23 @@ def add_routes(api: FastAPI, app: App) -> None:
     async def refused(request: Request, exc: core.RequestError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
+    @api.exception_handler(RequestValidationError)
+    async def bad_form(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": form_errors(request, exc.errors())}, status_code=400)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if not request.url.path.startswith("/api/"):
+            return await http_exception_handler(request, exc)
+        detail = str(exc.detail)[:200]  # starlette's own words, not the request's
+        if exc.status_code == 400:  # starlette could not parse the body: a part too large, too many fields
+            detail = f"the form could not be read ({detail}); send image and mask as files, variant as a short text"
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {detail}"},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @api.get("/api/variants")
     def variants() -> list[dict]:
-        return [v.as_dict() for v in app.variants]
+        return [v.as_dict() for v in app.current()]
 
     @api.post("/api/inpaint", response_class=Response)
     def inpaint_route(image: UploadFile = File(..., description="the photo: any size up to the limit, any mode"),
@@ -109,43 +140,45 @@ def add_routes(api: FastAPI, app: App) -> None:
         return Response(core.png_bytes(photo.with_pixels(result.image, holes)), media_type="image/png",
                         headers={"X-Variant": variant, "X-Seconds": f"{result.load_seconds + result.seconds:.3f}"})
 
+    # registered last: any other /api/ path or method answers {"error": ...}, not the page's 404
+    @api.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def no_route(request: Request, rest: str) -> None:
+        path = request.url.path
+        if path in ROUTES:
+            raise core.RequestError(f"{request.method} {path}: use {ROUTES[path]}", status=405)
+        raise core.RequestError(f"{core.shown(path)}: no such route; the routes are "
+                                + ", ".join(f"{method} {route}" for route, method in ROUTES.items()), status=404)
+
+
+ROUTES = {"/api/inpaint": "POST", "/api/variants": "GET"}
+FIELDS = {"image": "the photo as a file",
+          "mask": "the mask as a file (an image of the photo's size, white = fill)",
+          "variant": "a variant's name as text (GET /api/variants lists them)"}
+
+
+def form_errors(request: Request, errors: list[dict]) -> str:
+    """FastAPI's validation errors of the form as one message: each field missing or of the wrong
+    kind, and what to send instead; what was sent is never echoed (it may be megabytes, or a file)."""
+    said = []
+    for error in errors:
+        name = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        field, wanted = ((name, FIELDS[name]) if name in FIELDS
+                         else (core.shown(name or "the form"), "nothing: not a field of this route"))
+        if error.get("type") == "missing":
+            said.append(f"{field}: missing; send {wanted}")
+        else:
+            sent = error.get("input")
+            kind = ("text" if isinstance(sent, str) else "a file" if isinstance(sent, StarletteUploadFile)
+                    else type(sent).__name__)
+            said.append(f"{field}: expected {wanted}, got {kind}")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        said.insert(0, "the request is not a multipart form (multipart/form-data: "
+                       "curl -F image=@photo.png -F mask=@mask.png -F variant=telea)")
+    return "; ".join(said)
+
 
 def _read(upload: UploadFile, what: str) -> bytes:
     data = upload.file.read(core.MAX_UPLOAD_BYTES + 1)
     if len(data) > core.MAX_UPLOAD_BYTES:
         raise core.RequestError(f"{what}: over {core.MAX_UPLOAD_BYTES // 2**20} MiB", status=413)
     return data
-
-
-def build_app(app: App | None = None) -> FastAPI:
-    """The FastAPI app: the HTTP routes, and the page at /."""
-    import gradio as gr
-
-    from pipeline.serve.page import build_page
-
-    app = app or App()
-    api = FastAPI(title="Photo Reconstruction inpainting")
-    add_routes(api, app)
-    api.state.app = app
-    page = build_page(app)
-    return gr.mount_gradio_app(api, page, path="/", footer_links=["api"], run_history=False, ssr_mode=False,
-                               mcp_server=False, enable_monitoring=False, pwa=False,
-                               max_file_size=core.MAX_UPLOAD_BYTES, allowed_paths=[str(app.outputs)],
-                               theme=gr.themes.Default())
-
-
-def serve(data_root: str | Path | None = None, host: str = HOST, port: int = PORT,
-          max_pixels: int = core.MAX_PIXELS) -> None:
-    """Start the server and block until it is stopped (Ctrl-C)."""
-    import os
-
-    import uvicorn
-
-    for name, value in OFFLINE_ENV.items():
-        os.environ.setdefault(name, value)
-    app = App(data_root=data_root, max_pixels=max_pixels)
-    runnable = app.available()
-    print(f"variants: {', '.join(runnable) or 'none'}"
-          + "".join(f"\n  {v.name}: unavailable: {v.why}" for v in app.variants if not v.available))
-    print(f"serving on http://{host}:{port}/  (HTTP: POST /api/inpaint, GET /api/variants; Ctrl-C stops)")
-    uvicorn.run(build_app(app), host=host, port=port, log_level="warning")

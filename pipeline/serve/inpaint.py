@@ -153,9 +153,13 @@ def mask_from_image(image: Image.Image, size: tuple[int, int], what: str = "mask
 
 
 def require_mask(mask: np.ndarray) -> np.ndarray:
+    """`mask` (bool H, W) when it leaves something to fill and something to fill from; else RequestError 400."""
     if not mask.any():
         raise RequestError("the mask is empty: paint over the pixels to fill (white on black, or opaque "
                            "strokes on a transparent layer), or place boxes")
+    if mask.all():
+        raise RequestError("the mask covers the whole image: no pixel is left to fill from; paint only "
+                           "the pixels to fill (white on black), or place boxes")
     return mask
 
 
@@ -177,7 +181,7 @@ def place_boxes(width: int, height: int, box_size: int, count: int = 0, corners:
             try:
                 x, y = (int(v) for v in part.split(","))
             except ValueError:
-                raise RequestError(f"box position {part!r}: expected x,y (integers, the box's top-left corner)") from None
+                raise RequestError(f"box position {shown(part)}: expected x,y (integers, the box's top-left corner)") from None
             box = Box(x, y, box_size, box_size)
             if not box.inside(height, width):
                 raise RequestError(f"box at {x},{y}: a {box_size}px box there leaves the {width}x{height} image; "
@@ -243,6 +247,11 @@ class VariantStatus:
         return {"name": self.name, "method": self.method, "available": self.available, "why": self.why}
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """`text` quoted for a message, cut to its first `limit` characters (a request may send megabytes)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def first_lines(exc: Exception, lines: int = 6) -> str:
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.splitlines()[:lines])
@@ -285,12 +294,27 @@ def discover_variants(configs_dir: Path, checkpoints_dir: Path = Path("checkpoin
 
 # --- models: loaded once, one request at a time per variant ----------------------------------
 
+def variant_files(variant: VariantConfig, checkpoints_dir: Path) -> list[Path]:
+    """The files a variant's model is built from, present or not: its config, its checkpoint."""
+    files = [Path(variant.source)] if variant.source else []
+    files.append(Path(checkpoints_dir) / variant.name / "best.pt")
+    return files + [Path(v) for v in variant.params.values()
+                    if isinstance(v, str) and v.endswith((".pt", ".pth", ".ckpt"))]
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a file, None when there is none: changes when the file is rewritten."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if Path(path).is_file() else None
+
+
 def _signature(variant: VariantConfig, checkpoints_dir: Path) -> str:
     """Changes when the variant's config or its checkpoint file changes (so a retrained model is
     reloaded, and a checkpoint corrupted since is reported rather than served from memory)."""
-    files = [variant.source, checkpoints_dir / variant.name / "best.pt"]
-    files += [Path(v) for v in variant.params.values() if isinstance(v, str) and v.endswith((".pt", ".pth", ".ckpt"))]
-    stats = [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p and Path(p).is_file()]
+    stats = [(str(p), file_stamp(p)) for p in variant_files(variant, checkpoints_dir) if file_stamp(p)]
     return json.dumps([variant.to_dict(), stats], default=str)
 
 

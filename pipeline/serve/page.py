@@ -106,7 +106,7 @@ def pick_image(app: App, key: str | None):
         return gr.update(), None
     image = app.images().get(key)
     if image is None:
-        raise gr.Error(f"{key}: not an image of {app.data.root}")
+        raise gr.Error(html.escape(f"{core.shown(key)}: not an image of {app.data.root}", quote=False))
     pixels, _ = core.competition_pixels(image)
     return _editor_value(Image.fromarray(pixels)), key
 

@@ -30,6 +30,9 @@ class SubmissionSpec:
     def value_range(self) -> tuple[float, float]:
         return self.fmt.value_range
 
+    def describe(self) -> str:
+        return f"submission format {self.fmt.describe()}" + (f"; ids and order from {self.sample}" if self.sample else "")
+
 
 def submission_spec(competition: Competition) -> SubmissionSpec:
     """The submission `competition` expects; a bad sample submission is a SubmissionError."""

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from pipeline.data.competition import Competition
-from pipeline.submission.csvio import SubmissionError, batches, open_csv
+from pipeline.submission.csvio import READ_BLOCK, SubmissionError, batches, not_text, open_csv
 from pipeline.submission.ids import add_keysums, keysum
 from pipeline.submission.spec import SubmissionSpec, submission_spec
 
@@ -39,11 +39,17 @@ def validate_submission(path: Path, competition: Competition, progress: bool = T
     missing or repeated id. A trailing blank line is accepted (Kaggle accepts it).
     """
     path = Path(path)
+    if path.is_dir():
+        raise SubmissionError(f"{path}: is a folder, not a submission file; name the CSV file itself")
     if not path.is_file():
         raise SubmissionError(f"{path}: no such submission file; write it with the submit step first")
     spec = spec or submission_spec(competition)
-    with open(path, "rb") as f:
-        rows = validate_stream(f, path, spec, progress)
+    # an archive or UTF-16 is named before arrow reads it: arrow's reader threads, left behind by
+    # an error in the first block, could hang or abort the interpreter at exit
+    reason = not_text(path, limit=READ_BLOCK)
+    if reason:
+        raise SubmissionError(reason)
+    rows = validate_stream(str(path), path, spec, progress)  # a path: arrow reads it without the GIL
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -55,11 +61,28 @@ def validate_stream(stream, path: Path, spec: SubmissionSpec, progress: bool = F
     """Validate the CSV bytes read from `stream` (the file at `path`, or what is being written
     to it); returns the row count. Diagnosis of a mismatch re-reads `path`."""
     reader = open_csv(stream, spec.columns, path)
-    if tuple(reader.schema.names) != spec.columns:
-        raise SubmissionError(_header_message(path, reader.schema.names, spec))
+    try:
+        names = reader.schema.names
+    except UnicodeDecodeError:  # a header that is not UTF-8
+        raise SubmissionError(not_text(path, limit=READ_BLOCK) or f"{path}: line 1 is not UTF-8 text") from None
+    if tuple(names) != spec.columns:
+        raise SubmissionError(_header_message(path, names, spec))
+    with tqdm(total=spec.expected_rows, desc=f"validate {path.name}", unit="val", unit_scale=True,
+              disable=not progress) as bar:  # closed before an error is printed, not glued to it
+        rows, total, blank_at, canonical, parsed = _check_batches(reader, path, spec, bar)
+    if parsed or rows != spec.expected_rows:
+        for start, end in canonical:
+            total = add_keysums(total, keysum(np.arange(start, end, dtype=np.int64)))
+    else:  # every row in the writer's order: exactly the expected ids
+        total = spec.expected_keysum
+    if rows != spec.expected_rows or total != spec.expected_keysum:
+        _diagnose(path, spec, rows)
+    return rows
+
+
+def _check_batches(reader, path: Path, spec: SubmissionSpec, bar):
+    """One pass over the batches: (rows, keysum of parsed ids, first blank line, canonical ranges, parsed?)."""
     rows, total, blank_at, canonical, parsed = 0, 0, None, [], False
-    bar = tqdm(total=spec.expected_rows, desc=f"validate {path.name}", unit="val", unit_scale=True,
-               disable=not progress)
     for batch in batches(reader, path):
         def fail(i: int, message: str, base=rows) -> None:
             raise SubmissionError(f"{path}: line {base + i + 2}: {message}")
@@ -85,15 +108,7 @@ def validate_stream(stream, path: Path, spec: SubmissionSpec, progress: bool = F
         check_values(values, spec, fail)
         rows += len(ids)
         bar.update(len(ids))
-    bar.close()
-    if parsed or rows != spec.expected_rows:
-        for start, end in canonical:
-            total = add_keysums(total, keysum(np.arange(start, end, dtype=np.int64)))
-    else:  # every row in the writer's order: exactly the expected ids
-        total = spec.expected_keysum
-    if rows != spec.expected_rows or total != spec.expected_keysum:
-        _diagnose(path, spec, rows)
-    return rows
+    return rows, total, blank_at, canonical, parsed
 
 
 def _header_message(path: Path, names, spec: SubmissionSpec) -> str:

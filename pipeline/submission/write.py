@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
@@ -16,38 +15,10 @@ from tqdm import tqdm
 
 from pipeline.data.boxes import box_pixels
 from pipeline.data.competition import Competition
+from pipeline.files import atomic_write, disk_full, remove_stale_temporaries, temporary_path
 from pipeline.submission.csvio import SubmissionError, batches, open_csv
 from pipeline.submission.spec import SubmissionSpec, submission_spec
 from pipeline.submission.validate import Validation, validate_stream
-
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
-
-
-def temporary_path(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place (one per process)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete the temporary files of `path` left by processes that no longer run (a kill -9)."""
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        match = _TMP.match(tmp.name)
-        if not match or match.group("name") != path.name or _alive(int(match.group("pid"))):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists (PermissionError: it does)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def write_submission(
@@ -66,16 +37,32 @@ def write_submission(
     cores. An existing file at `path` is only replaced by a validated new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     spec = spec or submission_spec(competition)
-    tmp = temporary_path(path)
     if spec.sample is None:
         chunks = _canonical_chunks(competition, spec, load_prediction, progress, images_per_batch)
     else:
         chunks = _sample_chunks(competition, spec, load_prediction, progress)
     digest = hashlib.sha256()
     failures: list[BaseException] = []
+    tmp = temporary_path(path)
+    try:
+        with atomic_write(path) as tmp:  # renamed over `path` only when validated
+            rows = _write_and_validate(chunks, tmp, spec, digest, failures)
+        return Validation(path, rows, digest.hexdigest())
+    except SubmissionError as exc:
+        if failures:
+            raise _named(failures[0], path) from None
+        raise SubmissionError(str(exc).replace(str(tmp), f"{path} (not written)")) from None
+    except OSError as exc:
+        raise _named(exc, path) from None
+    finally:
+        chunks.close()  # a writer stopped early: its progress bar ends before any message
+
+
+def _write_and_validate(chunks: Iterator[bytes], tmp: Path, spec: SubmissionSpec, digest,
+                        failures: list[BaseException]) -> int:
+    """Write `chunks` to `tmp` and, through a pipe, to the validator at the same time; the rows."""
     read_end, write_end = os.pipe()
 
     def produce() -> None:
@@ -94,21 +81,18 @@ def write_submission(
     writer = threading.Thread(target=produce, name="submission-writer", daemon=True)
     writer.start()
     try:
-        try:
-            with os.fdopen(read_end, "rb") as stream:
-                rows = validate_stream(stream, tmp, spec)
-        finally:
-            writer.join()
-        if failures:
-            raise failures[0]
-        os.replace(tmp, path)
-        return Validation(path, rows, digest.hexdigest())
-    except SubmissionError as exc:
-        if failures:
-            raise failures[0] from None
-        raise SubmissionError(str(exc).replace(str(tmp), f"{path} (not written)")) from None
+        with os.fdopen(read_end, "rb") as stream:
+            rows = validate_stream(stream, tmp, spec)
     finally:
-        tmp.unlink(missing_ok=True)
+        writer.join()
+    if failures:
+        raise failures[0]
+    return rows
+
+
+def _named(exc: BaseException, path: Path) -> BaseException:
+    kept = f"{path} is unchanged" if path.exists() else f"{path} was not written"
+    return disk_full(exc, path, f"{kept} and its temporary file removed") or exc
 
 
 def _value_text(spec: SubmissionSpec) -> pa.Array:

@@ -1,0 +1,109 @@
+"""The hole fill, written once: the results the four copies it replaced gave, the fill confined to
+the hole, and configs still using the fill's old names stopped with the name it has now."""
+
+import hashlib
+import pickle
+from functools import partial
+
+import numpy as np
+import pytest
+
+from pipeline.checkpoint import check_same_config
+from pipeline.config import ConfigError, VariantConfig, load_sweep, load_variant
+from pipeline.inpainters.base import InpaintBatch
+from pipeline.inpainters.classical import MeanFill, OpenCVInpaint
+from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+
+# sha256 (first 16 hex digits) of what pix2pix's HoleFill, sd's prefill and the classical methods
+# returned for `_case()` before they became fill_holes (names as those copies spelled them)
+OLD_RESULTS = {
+    ("none", 5.0): "05afdb136e9db293",  # sd prefill none
+    ("zero", 5.0): "1d554e1260e1af9a",  # HoleFill zero
+    ("mean", 5.0): "a4507028e6c3a975",  # HoleFill mean, sd prefill mean, MeanFill
+    ("telea", 5.0): "1a154da9e90fc091",  # HoleFill telea, sd prefill telea, OpenCVInpaint telea
+    ("navier-stokes", 5.0): "1923eb01b10c843b",  # HoleFill navier-stokes, OpenCVInpaint
+    ("telea", 3.0): "1fafc8997b1b4fda",  # OpenCVInpaint telea, radius 3
+    ("navier-stokes", 3.0): "7e3207d841d8af2e",  # OpenCVInpaint navier-stokes, radius 3
+}
+
+
+def _case() -> tuple[np.ndarray, np.ndarray]:
+    """Three masked images: two holes, a hole along the top edge, no hole."""
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (3, 48, 40, 3), dtype=np.uint8)
+    masks = np.zeros((3, 48, 40), bool)
+    masks[0, 5:20, 8:30] = True
+    masks[0, 30:44, 2:12] = True
+    masks[1, 0:10, 0:40] = True
+    images[masks] = 0
+    return images, masks
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("how, radius", list(OLD_RESULTS), ids=[f"{h}-{r}" for h, r in OLD_RESULTS])
+def test_fill_gives_what_the_four_copies_gave(how, radius):
+    images, masks = _case()
+    batch = fill_holes(images, masks, how, radius)
+    assert _digest(batch) == OLD_RESULTS[how, radius]
+    # one image at a time (the loader's workers) is the same as the batch
+    assert all((fill_holes(i, m, how, radius) == b).all() for i, m, b in zip(images, masks, batch))
+
+
+def test_classical_methods_are_the_fill():
+    images, masks = _case()
+    batch = InpaintBatch(images, masks, [[]] * 3, [None] * 3, ["a", "b", "c"])
+    assert _digest(MeanFill().inpaint(batch)) == OLD_RESULTS["mean", 5.0]
+    assert _digest(OpenCVInpaint("navier-stokes", 3.0).inpaint(batch)) == OLD_RESULTS["navier-stokes", 3.0]
+
+
+def test_fills_change_only_the_hole_and_refuse_unknown_names():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[8:20, 10:22] = True
+    masked = image.copy()
+    masked[mask] = 0
+    for how in HOLE_FILLS:
+        filled = fill_holes(masked, mask, how)
+        assert filled.dtype == np.uint8 and (filled[~mask] == image[~mask]).all(), how
+    assert (fill_holes(masked, mask, "none") == masked).all()
+    assert (fill_holes(masked, mask, "zero")[mask] == 128).all()
+    assert np.allclose(fill_holes(masked, mask, "mean")[mask], image[~mask].mean(axis=0), atol=0.5)
+    assert fill_holes(masked, mask, "telea")[mask].std() > 0  # a gradient, not a constant
+    assert (fill_holes(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool), "mean") == 128).all()
+    # the loader's workers get the fill pickled
+    assert (pickle.loads(pickle.dumps(partial(fill_holes, how="telea")))(masked, mask) == fill_holes(masked, mask, "telea")).all()
+    with pytest.raises(ValueError, match="hole_fill 'blur' is not one of none, zero, mean"):
+        fill_holes(masked, mask, "blur")
+
+
+@pytest.mark.parametrize("method, old", [("pix2pix", "hole_init"), ("glcic", "hole_init"), ("sd", "prefill")])
+def test_a_config_with_the_old_key_is_told_the_new_one(tmp_path, method, old):
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(f"method: {method}\nparams:\n  {old}: telea\n")
+    with pytest.raises(ConfigError) as err:
+        load_variant(path)
+    assert str(err.value) == f"{path}: params.{old}: this key is now `hole_fill`; rename it in the file"
+
+
+def test_a_sweep_with_the_old_key_names_its_file_and_entry(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("method: sd\nparams:\n  steps: 2\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base: base.yaml\nvariants:\n  - name: a\n  - name: b\n    params:\n      prefill: none\n")
+    with pytest.raises(ConfigError, match=rf"{sweep}: variants\[1\]: params.prefill: this key is now `hole_fill`"):
+        load_sweep(sweep)
+    base.write_text("method: sd\nparams:\n  prefill: none\n")
+    with pytest.raises(ConfigError, match=rf"{base}: params.prefill: this key is now `hole_fill`"):
+        load_sweep(sweep)
+
+
+def test_a_checkpoint_saved_under_the_old_name_still_matches():
+    variant = VariantConfig(name="p", method="pix2pix")
+    state = {"config": {"name": "p", "method": "pix2pix", "params": {"hole_init": "telea"}, "data": {"image_size": 256}}}
+    check_same_config("best.pt", state, variant, {"hole_fill": "telea"}, ["hole_fill"], "generator")
+    with pytest.raises(Exception, match="hole_fill: checkpoint 'telea', config 'mean'"):
+        check_same_config("best.pt", state, variant, {"hole_fill": "mean"}, ["hole_fill"], "generator")
