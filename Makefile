@@ -28,7 +28,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium blend
+.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium blend duplicates
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ blend: setup ## fit weights of VARIANTS=a,b,c on validation (PER_CHANNEL=1: per 
 sd: setup ## zero-shot SD inpainting: one submission + leaderboard row per variant of SWEEP (ONLY=a,b GPUS=n)
 	$(SD_RUN) sd --sweep $(SWEEP) $(if $(ONLY),--only $(ONLY),) $(DATA_ARG)
 
+duplicates: setup ## training photos that test/val images are copies of: table, submissions/duplicates.html (AGAIN=1 searches anew)
+	$(RUN) duplicates $(DATA_ARG) $(if $(AGAIN),--again,)
+
 serve: setup ## local web app: upload/pick an image, brush a mask, inpaint with variants (HOST= PORT= DATA=)
 	$(RUN) serve $(DATA_ARG) $(if $(HOST),--host $(HOST),) $(if $(PORT),--port $(PORT),)
 
@@ -92,8 +95,10 @@ kaggle-scores: setup ## pull COMPETITION's public scores into the leaderboard
 	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-scores COMPETITION=<slug>"; exit 2; }
 	$(RUN) kaggle-scores --competition $(COMPETITION)
 
-demo: sample ## offline, end to end: sample, baselines, pix2pix training, submissions, scores, leaderboard
+demo: sample ## offline, end to end: sample, baselines, duplicates + nearest, pix2pix training, submissions, scores, leaderboard
 	@for v in $(BASELINES); do $(RUN) submit --variant $$v || exit 1; done
+	$(RUN) duplicates
+	$(RUN) submit --variant nearest
 	$(RUN) train --variant pix2pix-cpu --restart
 	$(RUN) submit --variant pix2pix-cpu
 	$(RUN) leaderboard

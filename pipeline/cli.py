@@ -298,6 +298,18 @@ def cmd_serve(args) -> None:
     serve(data_root=args.data, host=args.host, port=args.port, max_pixels=args.max_pixels)
 
 
+def cmd_duplicates(args) -> None:
+    from pipeline.duplicates import duplicates_step
+
+    competition = load_competition(_data_config(args))
+    step = duplicates_step(competition, Path(args.out), max_rmse=args.max_rmse, rows=args.rows,
+                           pairs=args.pairs, again=args.again)
+    print(step.table)
+    print(f"{step.file}: the matches ({'searched now' if step.searched else 'current, reused'}); {step.html}: the "
+          f"closest pairs side by side")
+    print(f"next: {NextStep('submit', {'variant': 'nearest', 'data': args.data})}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="One command per step of the flow: "
                                      "data -> predict -> submit (CSV, scores, leaderboard row) -> compare; "
@@ -370,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest photo accepted, in pixels")
+    p = add("duplicates", cmd_duplicates, "find the training photos that test and validation images are copies of")
+    p.add_argument("--max-rmse", type=float, default=None, help="known-pixel RMSE (0..1) at or under which a match "
+                   "is a copy (default: configs/nearest.yaml's max_known_rmse)")
+    p.add_argument("--rows", type=int, default=30, help="table rows in the terminal (closest first)")
+    p.add_argument("--pairs", type=int, default=40, help="pairs on the HTML page (closest first)")
+    p.add_argument("--out", default="submissions/duplicates.html", help="the HTML page")
+    p.add_argument("--again", action="store_true", help="search again even if the saved matches are current")
     return parser
 
 

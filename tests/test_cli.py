@@ -31,7 +31,7 @@ def test_submit_records_every_run_and_leaderboard_sorts(workspace, capsys):
     assert Path("submissions/telea.csv").exists() and Path("submissions/mean.csv").exists()
     telea = table.iloc[-1]
     assert telea["val_rmse"] < table.iloc[0]["val_rmse"]  # Telea beats a flat colour
-    assert telea["rows"] == 13 * 2 * 75 * 75 * 3 and len(telea["sha256"]) == 64
+    assert telea["rows"] == 19 * 2 * 75 * 75 * 3 and len(telea["sha256"]) == 64
     assert (telea["format"], telea["channels"], telea["values"]) == ("photo-reconstruction", "rgb", "decimal")
     assert telea["split"] and telea["data"] == "data/sample"
     assert Path("submissions/telea.csv").read_text().startswith("filename_box_pixel,Value\n")
@@ -96,7 +96,7 @@ def test_data_downloads_and_validates_the_competition(workspace, standin, capsys
     standin.state.data_zip = _zip_folder(workspace / "data/sample")
     code, out, err = _run(capsys, "data", "--competition", SLUG)
     assert code == 0, err
-    assert "photo-reconstruction layout, 24 train, 24 validation, 13 test images" in out
+    assert "photo-reconstruction layout, 24 train, 24 validation, 19 test images" in out
     assert "submission format photo-reconstruction: filename_box_pixel,Value" in out
     assert (workspace / "data/raw" / SLUG / "Dataset/Testing_Data/masked_info.csv").exists()
 
@@ -162,7 +162,7 @@ def test_kaggle_submit_reports_the_daily_limit(workspace, standin, capsys):
 def test_empty_validation_split_is_skipped_and_explained(workspace, capsys):
     Path("no-val.yaml").write_text("name: no-val\nmethod: mean\ndata: {val_count: 0}\n")
     code, out, err = _run(capsys, "predict", "--variant", "no-val.yaml")
-    assert code == 0 and "val split is empty" in err and "no-val test: 13 images" in out
+    assert code == 0 and "val split is empty" in err and "no-val test: 19 images" in out
     code, _, err = _run(capsys, "score", "--variant", "no-val.yaml")
     assert code == 2 and "python -m pipeline score --csv <file>" in err
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import data_config
 from pipeline.data.competition import CompetitionError, carve_validation, load_competition, read_image
-from pipeline.data.sample import SOURCES
+from pipeline.data.sample import PLANTED, SOURCES
 from tests.conftest import small_data_config
 
 DATASET = Path("data/sample/Dataset")
@@ -28,7 +28,8 @@ def _boxes_of(competition):
 
 def test_sample_is_in_the_real_layout(competition):
     assert competition.layout == "photo-reconstruction"
-    assert len(competition.test) == 4 * 3 + 1  # four test photos, three crops each, one shared stem
+    # four test photos, three crops each, one shared stem, and the planted copies of training photos
+    assert len(competition.test) == 4 * 3 + 1 + len(PLANTED)
     assert len(competition.val) == 6
     assert len(competition.train) + len(competition.val) == 8 * 6
     assert competition.classes == sorted({s.label for s in SOURCES if s.split == "train"})
@@ -74,7 +75,7 @@ def test_dataset_folder_is_found_below_the_download_folder(workspace):
     shutil.move(str(workspace / DATASET), nested / "Dataset")
     cfg = data_config({"root": workspace / "data/raw/photo-reconstruction", "truth": None, "val_count": 6})
     found = load_competition(cfg)
-    assert found.layout == "photo-reconstruction" and len(found.test) == 13
+    assert found.layout == "photo-reconstruction" and len(found.test) == 13 + len(PLANTED)
 
 
 def test_validation_split_is_fixed_and_disjoint(workspace):
@@ -155,7 +156,7 @@ def _rewrite_bboxes(cfg, table: pd.DataFrame) -> None:
 def test_generic_layout_keeps_working(generic):
     found = load_competition(generic)
     assert found.layout == "generic"
-    assert len(found.test) == 13 and len(found.val) == 6 and len(found.train) == 42
+    assert len(found.test) == 13 + len(PLANTED) and len(found.val) == 6 and len(found.train) == 42
     assert all(r.label and r.image_id.startswith(r.label) for r in found.test)
 
 
@@ -356,7 +357,7 @@ def test_a_dark_photo_and_a_box_moved_inside_its_dark_area_are_accepted(workspac
     first = pd.read_csv(folder / "masked_info.csv", index_col=0).iloc[0]
     dark = (read_image(folder / first.filename) // 6).astype(np.uint8)  # every pixel <= 42
     cv2.imwrite(str(folder / first.filename), cv2.cvtColor(dark, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75])
-    assert len(load_competition(small_data_config(workspace)).test) == 13
+    assert len(load_competition(small_data_config(workspace)).test) == 13 + len(PLANTED)
     moved = first.box1_col + 40 if first.box1_col + 40 <= 181 else first.box1_col - 40
     _edit_info(folder / "masked_info.csv", lambda t: t.assign(box1_col=t.box1_col.where(t.index != 0, str(moved))))
     record = next(r for r in load_competition(small_data_config(workspace)).test if r.image_id == first.filename)

@@ -326,7 +326,7 @@ def test_sweep_writes_one_submission_and_row_per_variant(workspace, tiny_model, 
         assert Path(f"submissions/{name}.csv").exists()
         (run_file,) = Path("data/predictions").glob(f"*/{name}/test/run.json")
         run = json.loads(run_file.read_text())
-        assert run["variant"]["name"] == name and run["images"] == 13
+        assert run["variant"]["name"] == name and run["images"] == 19
     configs = [json.loads(c) for c in board["config"]]
     assert configs[0]["params"]["prompt"] == "Natural looking seamless image, no text"
     assert configs[1]["params"]["resize"] == "crop" and configs[1]["data"]["val_count"] == 2

@@ -11,7 +11,11 @@ the photos that ship inside scikit-image (no network).
 Names follow the real ones (`Cat-Train (12).jpeg`, `Space (3).png`: spaces, parentheses, mixed
 extensions) and two test files share a stem, so every path a real run takes is exercised.
 Each source photo is cut into 256x256 images by random square crops at several scales and random
-horizontal flips; sources are split by photo, so no photo appears in both train and test.
+horizontal flips; sources are split by photo, so no photo appears in both train and test, except
+for a few planted copies (`PLANTED`): test images that are training photos again, re-encoded,
+flipped, rotated, slightly resized or shifted and recoloured, as real photo collections hold them
+(`data/sample-truth/copies.csv` lists them). They come after the other test images and draw on
+their own random numbers, so every other image and box is what it was without them.
 """
 
 from __future__ import annotations
@@ -56,6 +60,46 @@ SOURCES = (
     SourcePhoto("immunohistochemistry", "Microscopy", "train"),
     SourcePhoto("retina", "Microscopy", "test"),
 )
+
+
+@dataclass(frozen=True)
+class PlantedCopy:
+    label: str  # the training photo's class folder
+    number: int  # its number in that class (1 = the first written; the tests' sample has 6 per photo)
+    kind: str  # what was done to it: exact | jpeg | flip | rot90 | resize | shift-colour
+    transform: int  # the D4 transform (pipeline.duplicates.TRANSFORMS) that maps the photo onto the copy
+
+
+PLANTED = (
+    PlantedCopy("Cat", 2, "exact", 0),
+    PlantedCopy("Object", 3, "jpeg", 0),
+    PlantedCopy("Person", 4, "flip", 4),
+    PlantedCopy("Texture", 5, "rot90", 1),
+    PlantedCopy("Microscopy", 1, "resize", 0),
+    PlantedCopy("Space", 6, "shift-colour", 0),
+)
+COPIES_FILE = "copies.csv"  # in the truth folder: test name, training photo, kind, transform
+
+
+def _planted(image: np.ndarray, kind: str) -> np.ndarray:
+    """The planted copy of a training photo (before the test set's own masking and JPEG)."""
+    size = image.shape[0]
+    if kind == "exact":
+        return image
+    if kind == "jpeg":
+        return jpeg_round_trip(image, 40)
+    if kind == "flip":
+        return jpeg_round_trip(np.ascontiguousarray(image[:, ::-1]), 60)
+    if kind == "rot90":
+        return np.ascontiguousarray(np.rot90(image, 1))
+    if kind == "resize":  # 4% larger, centre crop
+        big = cv2.resize(image, (266, 266), interpolation=cv2.INTER_CUBIC)
+        return np.ascontiguousarray(big[5 : 5 + size, 5 : 5 + size])
+    if kind == "shift-colour":  # 2% larger, off-centre crop, dimmer and lifted
+        big = cv2.resize(image, (261, 261), interpolation=cv2.INTER_CUBIC)
+        crop = big[3 : 3 + size, 5 : 5 + size].astype(np.float32)
+        return np.clip(np.round(0.9 * crop + 12), 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown planted copy kind {kind!r}")
 
 
 def _load_rgb(name: str) -> np.ndarray:
@@ -135,6 +179,7 @@ def build_sample(
     test_info: list[dict] = []
     numbers: dict[tuple[str, str], int] = {}
     twin_written = False
+    planted_sources: dict[tuple[str, int], tuple[str, np.ndarray]] = {}
 
     def write_test(name: str, image: np.ndarray, boxes: list[Box]) -> None:
         _write_masked(test_dir / name, _masked_copy(image, boxes, size))
@@ -160,9 +205,26 @@ def build_sample(
                     twin_written = True
                 continue
             class_dir = train_dir / source.label
+            if any((p.label, p.number) == (source.label, numbers[key]) for p in PLANTED):
+                planted_sources[(source.label, numbers[key])] = (name, image)
             write_image(class_dir / UNMASKED / name, image)
             _write_masked(class_dir / MASKED / name, _masked_copy(image, boxes, size))
             train_info.setdefault(source.label, []).append(_info_rows(name, boxes))
+    # the planted copies last, from their own random numbers: the images above stay as they were
+    planted_rng = np.random.default_rng([seed, 1])
+    copies = []
+    for planted in PLANTED:
+        if (planted.label, planted.number) not in planted_sources:
+            continue  # a sample too small to hold that photo
+        photo_name, photo = planted_sources[(planted.label, planted.number)]
+        key = (planted.label, "test")
+        numbers[key] = numbers.get(key, 0) + 1
+        name = _name(planted.label, numbers[key], "test")
+        write_test(name, _planted(photo, planted.kind), random_boxes(planted_rng, size, cfg.box_size, cfg.boxes_per_image))
+        copies.append({"test_image": name, "photo": f"{planted.label}_{photo_name}", "kind": planted.kind,
+                       "transform": planted.transform})
+    pd.DataFrame(copies, columns=["test_image", "photo", "kind", "transform"]).to_csv(
+        staging_truth / COPIES_FILE, index=False)
     for label, rows in train_info.items():
         pd.DataFrame(rows).to_csv(train_dir / label / MASKED / MASKED_INFO)  # with pandas' index, as the real file
     pd.DataFrame(test_info).to_csv(test_dir / MASKED_INFO)

@@ -90,6 +90,7 @@ METHODS = {
     "glcic": "pipeline.inpainters.glcic:GLCICInpainter",
     "torchscript": "pipeline.inpainters.torchscript:TorchScriptInpainter",
     "blend": "pipeline.blend:BlendInpainter",  # the parts' predictions weighted (pipeline/blend.py)
+    "nearest": "pipeline.inpainters.nearest:NearestInpainter",
 }
 
 
