@@ -7,6 +7,7 @@ variant lock while the main one waits at a barrier) kills the process group and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -64,7 +65,10 @@ def test_predict_with_two_processes_writes_what_one_process_writes(workspace):
     shutil.rmtree("data/predictions")
     done = pipeline("predict", "--variant", "mean2.yaml", processes=2)
     assert predictions("mean2") == single and set(single) == {"val", "test"} and all(single.values())
-    assert done.stdout.count("mean2 test:") == 1 and "waiting:" not in done.stderr
+    assert done.stdout.count("mean2 test:") == 1 and "waiting:" not in done.stderr, done.stdout + done.stderr
+    # the two processes split the images (not two processes each running alone)
+    (run,) = Path("data/predictions").glob("*/mean2/test/run.json")
+    assert json.loads(run.read_text())["processes"] == 2
 
 
 def test_submit_with_two_processes_writes_the_one_process_csv_and_one_row(workspace):
