@@ -1,5 +1,6 @@
 """`predict`, `submit` and `sd` as two real processes (torchrun, gloo on the CPU), each against a
-one-process run of the same command: the same predictions, the same CSV, one leaderboard row.
+one-process run of the same command (in this process, one torch thread as in the launched ones):
+the same predictions, the same CSV, one leaderboard row.
 
 Every launch runs in a session of its own under a hard timeout; a hang (a rank waiting in the
 variant lock while the main one waits at a barrier) kills the process group and fails the test.
@@ -18,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline import cli
 from tests.conftest import REPO
 from tests.launch import run_with_timeout
 
@@ -37,6 +39,18 @@ def pipeline(*argv: str, processes: int = 1) -> subprocess.CompletedProcess:
     done = run_with_timeout([sys.executable, *launcher, "-m", "pipeline", *argv], LAUNCH_TIMEOUT_S, _env(), what)
     assert done.returncode == 0, f"{what}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The launched processes run with OMP_NUM_THREADS=1; the reference run here does the same
+    (float sums in another number of threads may differ in the last bit)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_variant(root: Path, name: str, method: str, batch_size: int = 3, val_count: int = 4, **params) -> Path:
@@ -60,7 +74,7 @@ def predictions(variant: str) -> dict[str, dict[str, bytes]]:
 
 def test_predict_with_two_processes_writes_what_one_process_writes(workspace):
     write_variant(workspace, "mean2", "mean")
-    pipeline("predict", "--variant", "mean2.yaml")
+    assert cli.main(["predict", "--variant", "mean2.yaml"]) == 0
     single = predictions("mean2")
     shutil.rmtree("data/predictions")
     done = pipeline("predict", "--variant", "mean2.yaml", processes=2)
@@ -73,7 +87,7 @@ def test_predict_with_two_processes_writes_what_one_process_writes(workspace):
 
 def test_submit_with_two_processes_writes_the_one_process_csv_and_one_row(workspace):
     write_variant(workspace, "telea2", "telea", radius=3.0)
-    pipeline("submit", "--variant", "telea2.yaml")
+    assert cli.main(["submit", "--variant", "telea2.yaml"]) == 0
     csv = Path("submissions/telea2.csv").read_bytes()
     shutil.rmtree("data/predictions")
     Path("submissions/telea2.csv").unlink()
@@ -85,13 +99,17 @@ def test_submit_with_two_processes_writes_the_one_process_csv_and_one_row(worksp
 
 
 def test_sd_with_two_processes_writes_the_one_process_csv_and_one_row(workspace, tmp_path_factory):
+    from pipeline.inpainters import sd
     from tests.tiny_sd import build_tiny_inpaint_pipeline
 
     model = build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
     # one image per call: the same computation in either process, whatever the split
     write_variant(workspace, "sd2", "sd", batch_size=1, val_count=2, model=str(model), steps=2,
                   guidance_scale=1.0, size=256)
-    pipeline("sd", "--variant", "sd2.yaml")
+    try:
+        assert cli.main(["sd", "--variant", "sd2.yaml"]) == 0
+    finally:
+        sd.release_pipelines()  # the loaded pipeline stays with this test
     csv, single = Path("submissions/sd2.csv").read_bytes(), predictions("sd2")
     shutil.rmtree("data/predictions")
     Path("submissions/sd2.csv").unlink()
