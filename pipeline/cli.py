@@ -130,18 +130,22 @@ def cmd_weights(args) -> None:
 
 def cmd_predict(args) -> None:
     from pipeline.inpainters.base import preflight
-    from pipeline.predict import variant_lock
+    from pipeline.predict import load_competition_once, process_state, variant_lock
     from pipeline.submit import predict_splits
 
     variant = _variant(args)
     preflight(variant)
-    competition = load_competition(variant.data)
+    state = process_state()
+    competition = load_competition_once(variant.data, state=state)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for split in [s for s in splits if s in ("val", "test") and not competition.split(s)]:
-        print(f"note: the {split} split is empty (data.val_count = 0?); skipped", file=sys.stderr)
+        if state.is_main_process:
+            print(f"note: the {split} split is empty (data.val_count = 0?); skipped", file=sys.stderr)
     splits = [s for s in splits if s not in ("val", "test") or competition.split(s)]
-    with variant_lock(variant.name, competition):
+    with variant_lock(variant.name, competition, state=state):  # the main process alone takes it
         runs = predict_splits(variant, competition, splits)
+    if not state.is_main_process:  # under accelerate launch, one report is enough
+        return
     for split, run in runs.items():
         print(f"{variant.name} {split}: {run.images} images -> {run.folder} "
               f"({run.seconds_per_image:.4f} s/image)")
@@ -159,11 +163,12 @@ def _print_entry(variant: VariantConfig, entry: dict) -> None:
 
 def cmd_submit(args) -> None:
     from pipeline.inpainters.base import preflight
+    from pipeline.predict import load_competition_once
     from pipeline.submit import submit_variant
 
     variant = _variant(args)
     preflight(variant)
-    competition = load_competition(variant.data)
+    competition = load_competition_once(variant.data)
     run_dir = Path("runs") / variant.name  # a trained variant's TensorBoard folder
     entry = submit_variant(variant, competition, Leaderboard(), run_dir=str(run_dir) if run_dir.is_dir() else None)
     if entry:

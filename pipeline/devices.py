@@ -22,9 +22,7 @@ def execution_device(requested: str = "auto", per_process: bool = True) -> torch
     if requested != "auto":
         return torch.device(requested)
     if per_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return PartialState().device
+        return partial_state().device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -53,3 +51,12 @@ def describe(device: torch.device) -> str:
         major, minor = torch.cuda.get_device_capability(device)
         return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
     return f"the {device.type.upper()}"
+
+
+def partial_state():
+    """accelerate's PartialState of this launch (torchrun, accelerate launch). On a machine without
+    a GPU it is started with cpu=True: without it accelerate starts the process group yet treats
+    every CPU process as the only one (each the main process, each doing all the work)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=execution_device(per_process=False).type == "cpu")

@@ -1,7 +1,8 @@
 """Predictions: run a variant's inpainter over the val or test split and keep its composited
 images, with a run.json, in the variant's prediction folder (pipeline/data/predictions.py).
 Runs of one variant on one data folder take turns; several processes (accelerate launch) split
-the records and the main one checks and publishes the merged folder."""
+the records and the main one checks and publishes the merged folder. Under several processes the
+main one alone takes the variant's lock, and one process per machine checks the data."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -17,12 +18,13 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import VariantConfig
+from pipeline.config import DataConfig, VariantConfig
 from pipeline.data.boxes import apply_mask, boxes_mask
 from pipeline.data.competition import (
     Competition,
     CompetitionError,
     ImageRecord,
+    load_competition,
     read_image,
     write_image,
 )
@@ -39,11 +41,24 @@ class PredictionRun:
     seconds_per_image: float
 
 
-def variant_lock(variant_name: str, competition: Competition, root: Path = PREDICTIONS_DIR):
+@contextmanager
+def variant_lock(variant_name: str, competition: Competition, root: Path = PREDICTIONS_DIR,
+                 state=None) -> Iterator[None]:
     """Runs of one variant on one competition take turns: predictions, CSV and leaderboard row
-    of a run are its own. A second run waits, saying which process holds the lock."""
+    of a run are its own. A second run waits, saying which process holds the lock.
+
+    Under several processes (`state`, default `process_state()`) the main one alone takes the
+    lock and the others wait at a barrier until it holds it: a rank waiting in the lock while the
+    main one waits for it at a barrier would never end. (A barrier gives up after the process
+    group's timeout, torch's default 30 minutes (10 with NCCL), so a launch queued longer than
+    that behind another run of the variant fails.)
+    """
+    state = state or process_state()
     folder = Path(root) / competition_key(competition) / variant_name
-    return locked(folder / ".lock", f"running {variant_name} on {competition.root}")
+    lock = locked(folder / ".lock", f"running {variant_name} on {competition.root}")
+    with lock if state.is_main_process else nullcontext():
+        state.wait_for_everyone()
+        yield
 
 
 def masked_batches(records: Sequence[ImageRecord], size: int, batch_size: int) -> Iterator[tuple[list[ImageRecord], InpaintBatch]]:
@@ -68,9 +83,14 @@ class SingleProcess:
     num_processes = 1
     process_index = 0
     is_main_process = True
+    is_local_main_process = True
 
     def wait_for_everyone(self) -> None:
         pass
+
+    @contextmanager
+    def local_main_process_first(self):
+        yield
 
     @contextmanager
     def split_between_processes(self, items):
@@ -81,10 +101,25 @@ def process_state():
     """accelerate's PartialState when launched as several processes (accelerate launch,
     torchrun: WORLD_SIZE > 1), else SingleProcess (so a classical run never imports torch)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+        from pipeline.devices import partial_state
 
-        return PartialState()
+        return partial_state()
     return SingleProcess()
+
+
+def load_competition_once(cfg: DataConfig, check=None, state=None) -> Competition:
+    """load_competition(cfg) with its image checks, then `check(competition)` (training: every
+    photo decoded), done by one process per machine: under several processes (`state`, default
+    `process_state()`) the machine's main process goes first and the others, once it is through,
+    read the same manifest without the checks. A failed check raises on that process, and the
+    launcher (accelerate launch, torchrun) then ends the others."""
+    state = state or process_state()
+    with state.local_main_process_first():
+        first = state.is_local_main_process
+        competition = load_competition(cfg, check_images=first)
+        if first and check is not None:
+            check(competition)
+    return competition
 
 
 def _predict_records(records, inpainter, staging: Path, size: int, batch_size: int, bar) -> float:

@@ -10,7 +10,6 @@ CSV is replaced, so a row's scores are always its own run's and its file is the 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.config import ConfigError, VariantConfig
@@ -46,7 +45,7 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
     spec = submission_spec(competition)  # a bad sample submission stops here, before any work
     leaderboard.check()  # a damaged leaderboard stops here, before the CSV is replaced
     splits = ["val", "test"] if competition.val else ["test"]
-    with variant_lock(variant.name, competition) if state.is_main_process else nullcontext():
+    with variant_lock(variant.name, competition, state=state):  # the main process alone takes it
         runs = predict_splits(variant, competition, splits)
         if not state.is_main_process:
             return {}  # several processes predicted; the main one writes the CSV and the row

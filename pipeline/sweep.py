@@ -34,9 +34,8 @@ def run_sweep(variants: list[VariantConfig], leaderboard: Leaderboard,
     Returns the leaderboard rows on the main process, None on the others (under accelerate
     launch the main one alone writes and reports); `on_entry(variant, row)` after each, main only.
     """
-    from pipeline.data.competition import load_competition
     from pipeline.inpainters.base import preflight
-    from pipeline.predict import process_state
+    from pipeline.predict import load_competition_once, process_state
     from pipeline.submit import submit_variant
 
     for variant in variants:  # before any other work: every config valid, every model's weights here
@@ -46,7 +45,7 @@ def run_sweep(variants: list[VariantConfig], leaderboard: Leaderboard,
     for variant in variants:
         key = json.dumps(variant.to_dict()["data"], sort_keys=True)
         if key not in competitions:  # variants on the same data share one manifest
-            competitions[key] = load_competition(variant.data)
+            competitions[key] = load_competition_once(variant.data)
         entry = submit_variant(variant, competitions[key], leaderboard)
         if main:
             entries.append(entry)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pipeline.checkpoint import (CheckpointError, check_same_config, load_state_dict, read_checkpoint,
                                  save_checkpoint)
 from pipeline.config import ConfigError, VariantConfig
-from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
+from pipeline.data.competition import Competition, CompetitionError, ImageRecord, read_image
 from pipeline.data.dataset import AugmentConfig, BoxInpaintingDataset, to_image
 from pipeline.devices import describe, execution_device, native_bf16
 from pipeline.inpainters.base import inpainter_class
@@ -38,7 +38,7 @@ TRAINABLE = ("pix2pix", "pconv", "glcic", "torchscript")
 # params that may change between a run and its resumption; any other difference is another run
 RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "num_workers", "threads", "log_every",
                      "checkpoint_every", "val_every", "checkpoint", "tta", "mc_dropout", "samples",
-                     "sample_seed", "compile")
+                     "sample_seed", "compile", "deterministic")
 GRID_IMAGES = 4  # validation images shown in TensorBoard
 
 
@@ -121,7 +121,9 @@ def check_training_images(records: list[ImageRecord], size: int, progress: bool 
 # RNG states, as tensors and plain numbers so checkpoints load with weights_only=True
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's random streams: Python's, NumPy's, torch's CPU generator and, on a CUDA
+    `device`, that one GPU's generator (not every visible GPU's: a run may resume on fewer)."""
     version, mt_state, gauss = random.getstate()
     np_state = np.random.get_state()
     state = {
@@ -130,19 +132,43 @@ def rng_state() -> dict[str, Any]:
                   float(np_state[4])],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `state` (from rng_state); its CUDA stream goes onto this process's CUDA `device`
+    (none on the CPU). Older checkpoints hold every visible GPU's stream: the device's own is taken."""
     version, mt_state, gauss = state["python"]
     random.setstate((version, tuple(mt_state), gauss))
     keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # torch.cuda.get_rng_state_all() of an older checkpoint
+        index = (device.index or 0) if device is not None else 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def own_rng_state(saved: dict[int, dict] | list[dict], rank: int, processes: int) -> tuple[dict | None, str | None]:
+    """(this process's state among those a checkpoint saved, keyed by rank, or None; a note when
+    the checkpoint was saved by another number of processes).
+
+    Resumed on fewer processes, rank r continues rank r's streams and the others' end; on more,
+    the new ranks keep the streams seeded for them (seed + rank). Either way the data is split
+    another way, so such a run is not the uninterrupted one, only a sensible continuation.
+    """
+    states = dict(enumerate(saved)) if isinstance(saved, list) else saved  # a list: older checkpoints
+    note = None
+    if len(states) != processes:
+        kept = min(len(states), processes)
+        note = (f"saved by {len(states)} process(es), this run has {processes}: ranks 0..{kept - 1} continue "
+                f"their saved random streams" + (f", ranks {kept}..{processes - 1} start from the seed"
+                                                 if processes > kept else ""))
+    return states.get(rank), note
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +356,8 @@ class Run:
         from accelerate.utils import gather_object
 
         acc = self.accelerator
-        rngs = gather_object([rng_state()]) if full else None  # every process's dropout stream
+        # every process's dropout streams, its own GPU's included, keyed by rank
+        rngs = dict(enumerate(gather_object([rng_state(acc.device)]))) if full else None
         if not self.main:
             return None
         config = self.variant.to_dict()
@@ -380,18 +407,36 @@ def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
 
 
 def load_data(run: Run, progress: bool) -> Competition:
-    """The competition's manifest, with every training photo decoded once (a damaged one stops here)."""
-    competition = load_competition(run.variant.data)
-    if not competition.val:
-        raise ConfigError(f"{run.variant.source or run.variant.name}: data.val_count is 0; training needs the "
-                          "validation split to choose best.pt")
-    hp = run.hp
-    if len(competition.train) < hp.train_batch_size * hp.grad_accum_steps:
-        raise ConfigError(f"{competition.root}: {len(competition.train)} training images, fewer than one "
-                          f"optimizer step's params.train_batch_size={hp.train_batch_size} x "
-                          f"grad_accum_steps={hp.grad_accum_steps}")
-    check_training_images(competition.train + competition.val, run.variant.data.image_size, progress)
-    return competition
+    """The competition's manifest, with every training photo decoded once (a damaged one stops
+    here): by one process per machine, the others waiting for it (load_competition_once)."""
+    from pipeline.predict import load_competition_once
+
+    def check(competition: Competition) -> None:
+        if not competition.val:
+            raise ConfigError(f"{run.variant.source or run.variant.name}: data.val_count is 0; training needs the "
+                              "validation split to choose best.pt")
+        hp = run.hp
+        if len(competition.train) < hp.train_batch_size * hp.grad_accum_steps:
+            raise ConfigError(f"{competition.root}: {len(competition.train)} training images, fewer than one "
+                              f"optimizer step's params.train_batch_size={hp.train_batch_size} x "
+                              f"grad_accum_steps={hp.grad_accum_steps}")
+        check_training_images(competition.train + competition.val, run.variant.data.image_size, progress)
+
+    return load_competition_once(run.variant.data, check)
+
+
+def deterministic_kernels(enabled: bool) -> None:
+    """params.deterministic: the same weights from the same run on CUDA too. cuDNN's autotuning
+    (benchmark) picks kernels by timing them and several CUDA kernels add with atomics in no fixed
+    order, so without this a GPU run and its resumption differ in the last bits (and then more).
+    On: only deterministic kernels (an op without one raises, naming it), no autotuning, and
+    cuBLAS given a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts: call this
+    before any CUDA work). Off: torch's defaults, cuDNN autotuning on."""
+    if enabled and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
 
 
 def start_accelerator(run: Run) -> str:
@@ -404,7 +449,6 @@ def start_accelerator(run: Run) -> str:
     if run.accelerator.device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", run.accelerator.num_processes))
         torch.set_num_threads(cpu_threads(run.hp.threads, run.hp.num_workers, local))
-    torch.backends.cudnn.benchmark = True
     return run.precision
 
 
@@ -483,12 +527,11 @@ def seed_processes(run: Run) -> None:
     set_seed(run.hp.seed, device_specific=True)  # seed + process index
     if run.state is None:
         return
-    rngs = run.state["rng"]
-    if len(rngs) == acc.num_processes:
-        set_rng_state(rngs[acc.process_index])
-    elif run.main:
-        print(f"note: {run.last_path} was saved by {len(rngs)} process(es), this run has "
-              f"{acc.num_processes}: dropout draws restart from the seed")
+    own, note = own_rng_state(run.state["rng"], acc.process_index, acc.num_processes)
+    if own is not None:
+        set_rng_state(own, acc.device)
+    if note and run.main:
+        print(f"note: {run.last_path} was {note}")
 
 
 def open_logs(run: Run, restart: bool):
@@ -674,6 +717,7 @@ def train(
     # 1. check the config and the checkpoints (no file touched yet), then build the run
     variant = with_overrides(variant, epochs=epochs, max_steps=max_steps, num_workers=num_workers)
     run = plan(variant, resume, restart)
+    deterministic_kernels(run.hp.deterministic)  # before anything starts CUDA
     competition = load_data(run, progress)
     precision = start_accelerator(run)
     loader, val_loader, images = build_loaders(run, competition)

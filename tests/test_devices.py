@@ -11,6 +11,10 @@ class ProcessState:
     """A stand-in for accelerate's PartialState that hands out a marked device."""
 
     device = torch.device("meta")
+    started_with: list[bool] = []
+
+    def __init__(self, cpu: bool = False):
+        self.started_with.append(cpu)
 
 
 def test_a_requested_device_is_taken_as_given(monkeypatch):
@@ -28,6 +32,8 @@ def test_auto_is_the_process_device_under_several_processes_else_the_machines(mo
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert execution_device() == torch.device("meta")
     assert execution_device(per_process=False) == alone  # the trainer's question: what the machine has
+    # without cpu=True accelerate makes every process of a CPU launch the main one
+    assert ProcessState.started_with[-1] == (alone.type == "cpu")
 
 
 def test_sd_loads_its_pipeline_where_execution_device_says(monkeypatch):

@@ -278,9 +278,9 @@ def load_pipeline(params: SDParams, source: ModelSource) -> LoadedPipeline:
         return AutoPipelineForInpainting.from_pretrained(source.location, **kwargs)
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+        from pipeline.devices import partial_state
 
-        with PartialState().main_process_first():  # one download, then the others read the cache
+        with partial_state().main_process_first():  # one download, then the others read the cache
             pipe = load()
     else:
         pipe = load()

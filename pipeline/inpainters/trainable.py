@@ -66,6 +66,9 @@ class TrainParams:
     # stop (validate, save) after this much training time; 0: no limit
     max_minutes: Annotated[float, pydantic.Field(ge=0)] = 0.0
     seed: int = 0
+    # only deterministic kernels, no cuDNN autotuning: a GPU run resumed ends as it would have
+    # uninterrupted (the CPU always does); slower, how much depends on the model and GPU
+    deterministic: bool = False
     jitter: int = 16  # augmentation: largest pad-and-crop shift, pixels
     flip: Fraction = 0.5  # augmentation: probability of a horizontal flip
     colour: Fraction = 0.5  # augmentation: probability of colour jitter
