@@ -28,7 +28,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium blend duplicates
+.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium blend duplicates floors
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -105,6 +105,26 @@ demo: sample ## offline, end to end: sample, baselines, duplicates + nearest, pi
 
 test: setup chromium ## run the test suite
 	$(PY) -m pytest -q --durations=10 tests
+
+# floors: the suite's fast part on the lowest versions pyproject.toml admits, in .venv-floors (torch
+# apart: the one requirements.txt pins, the only build on this disk). test_fill is left out: its
+# Telea/Navier-Stokes checksums are those of the pinned OpenCV build.
+FLOORS_VENV := .venv-floors
+FLOORS_TESTS := tests/test_config.py tests/test_submission.py tests/test_competition.py tests/test_score.py \
+	tests/test_files.py tests/test_kaggle.py tests/test_package.py::test_serve_without_its_extra_says_how_to_install_it \
+	tests/test_sd.py::test_the_pipeline_loads_in_the_configured_dtype \
+	tests/test_sd.py::test_hub_id_in_the_cache_loads_through_auto_pipeline \
+	tests/test_train.py::test_l2_objective_trains_the_generator_alone_and_max_steps_keeps_the_schedule
+
+$(FLOORS_VENV)/.installed: pyproject.toml requirements.txt tests/floors.py
+	rm -rf $(FLOORS_VENV) && $(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install -q --disable-pip-version-check $$(grep -E '^(torch|pytest|nbformat|nbclient|ipykernel)==' requirements.txt) \
+		$$($(PYTHON) tests/floors.py --skip torch)
+	touch $@
+
+floors: $(FLOORS_VENV)/.installed ## the suite's fast part on pyproject's lowest versions (.venv-floors)
+	@$(FLOORS_VENV)/bin/pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(torch|numpy|pandas|pydantic|accelerate|diffusers|transformers|huggingface.hub|filelock|kaggle) '
+	NO_ALBUMENTATIONS_UPDATE=1 $(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=5 $(FLOORS_TESTS)
 
 chromium: ## Debian's chromium for the web app's browser test (apt-get, as root); without it that test skips
 	@if [ -x /usr/bin/chromium ]; then :; \

@@ -295,12 +295,24 @@ def cmd_kaggle_scores(args) -> None:
     print(leaderboard.format())
 
 
-def cmd_serve(args) -> None:
-    from pipeline.serve import serve
+# what the web app needs beyond the package's own dependencies: pyproject's `serve` extra
+SERVE_EXTRA = ("gradio", "fastapi", "uvicorn", "starlette")
 
+
+def cmd_serve(args) -> None:
     if args.max_pixels < 1:
         raise PipelineError(f"--max-pixels {args.max_pixels}: the largest photo accepted must be at least 1 pixel")
-    serve(data_root=args.data, host=args.host, port=args.port, max_pixels=args.max_pixels)
+    try:
+        from pipeline.serve import serve
+
+        serve(data_root=args.data, host=args.host, port=args.port, max_pixels=args.max_pixels)
+    except ModuleNotFoundError as exc:  # gradio is imported inside serve(), after the routes
+        if (exc.name or "").split(".")[0] not in SERVE_EXTRA:
+            raise
+        raise PipelineError(
+            f"the web app needs {exc.name}, which is not installed: install the package with its serve "
+            f"extra, `pip install '.[serve]'` in a checkout (or `pip install '<folder or wheel>[serve]'`)"
+        ) from exc
 
 
 def cmd_duplicates(args) -> None:

@@ -399,7 +399,8 @@ def submit(slug: str, csv_path: Path, message: str) -> KaggleSubmission:
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured), _translated_errors(slug, "submitting to"):
             response = api.competition_submit(str(archive), message, slug, quiet=True)
-    if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+    # the client says so in the response (a constant of its own from kaggle 2.2.4; the same text before)
+    if response.message == getattr(api, "COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE", "Could not submit to competition"):
         reason = " ".join(captured.getvalue().split())
         raise KaggleError(
             f"Uploading {csv_path.name} to competition '{slug}' failed"

@@ -102,6 +102,17 @@ def test_hub_id_in_the_cache_loads_through_auto_pipeline(workspace, tiny_cache):
     assert pipe.unet.config.in_channels == 9 and pipe.vae_scale_factor == 8
 
 
+def test_the_pipeline_loads_in_the_configured_dtype(workspace, tiny_model):
+    """`dtype` is honoured on every diffusers pyproject admits (before 0.40 it is `torch_dtype`;
+    an ignored keyword would leave the weights in fp32)."""
+    import torch
+
+    loaded = sd.load_pipeline(sd.SDInpainter.parse(sd_variant(workspace, tiny_model, dtype="bf16", **FAST)),
+                              sd.ModelSource(str(tiny_model), local_files_only=True))
+    assert loaded.pipe.unet.dtype == torch.bfloat16 and loaded.pipe.vae.dtype == torch.bfloat16
+    assert loaded.pipe.text_encoder.dtype == torch.bfloat16
+
+
 def test_missing_weights_stop_before_any_work(workspace, tmp_path, capsys):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"base": "sd", "variants": [{"name": "sd-a"}, {"name": "sd-b"}]}))

@@ -9,6 +9,8 @@ lower-case prompt tokenizes without a downloaded vocabulary.
 
 from __future__ import annotations
 
+import inspect
+import json
 import shutil
 import string
 from pathlib import Path
@@ -36,7 +38,14 @@ def build_tiny_inpaint_pipeline(folder: Path, seed: int = 0) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     )
     tokens = ["<|startoftext|>", "<|endoftext|>"] + list(CHARACTERS) + [c + "</w>" for c in CHARACTERS]
-    tokenizer = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if "vocab_file" in inspect.signature(CLIPTokenizer.__init__).parameters:  # transformers < 5: files only
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(str(Path(folder) / "vocab.json"), str(Path(folder) / "merges.txt"), model_max_length=77)
+    else:
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokens), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, projection_dim=32,

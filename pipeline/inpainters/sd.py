@@ -265,8 +265,8 @@ def load_pipeline(params: SDParams, source: ModelSource) -> LoadedPipeline:
 
     release_pipelines()
     dtype = resolve_dtype(params.dtype, device)
-    kwargs = dict(dtype=dtype, local_files_only=source.local_files_only,
-                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    kwargs = {dtype_keyword(): dtype, "local_files_only": source.local_files_only}
+    kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if params.revision:
         kwargs["revision"] = params.revision
     if params.variant:
@@ -292,6 +292,15 @@ def load_pipeline(params: SDParams, source: ModelSource) -> LoadedPipeline:
     loaded = LoadedPipeline(pipe, type(pipe.scheduler), pipe.scheduler.config, device)
     _LOADED[key] = loaded
     return loaded
+
+
+def dtype_keyword() -> str:
+    """from_pretrained's name for the weights' dtype: `dtype` from diffusers 0.40 on (which
+    deprecates `torch_dtype`); older ones ignore `dtype` and would load SD in fp32."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
 
 
 def release_pipelines() -> None:
