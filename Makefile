@@ -28,7 +28,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium
+.PHONY: help setup sample data predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ demo: sample ## offline, end to end: sample, baselines, pix2pix training, submis
 
 test: setup chromium ## run the test suite
 	$(PY) -m pytest -q --durations=10 tests
+
+gpu-check: sample ## one GPU's check of the GPU configs (~8 min): table + submissions/gpu-check.json; CPU: 2 tiny steps
+	PYTHONWARNINGS=ignore::FutureWarning $(PY) benchmarks/gpu_check.py
 
 chromium: ## Debian's chromium for the web app's browser test (apt-get, as root); without it that test skips
 	@if [ -x /usr/bin/chromium ]; then :; \
