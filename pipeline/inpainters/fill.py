@@ -11,8 +11,9 @@ import numpy as np
 # -1..1 scale (the canonical pix2pix input); mean: the image's mean colour of its known pixels;
 # telea / navier-stokes: OpenCV's inpainting from the known pixels around the hole; pyramid: the
 # known pixels pushed down a Gaussian pyramid and pulled back up into the hole, a smooth blend of
-# the box's surroundings (on the sample: RMSE as an inpainter 0.1524 vs Telea's 0.1533, at a
-# fraction of Telea's cost, so a GPU's loader keeps up: benchmarks/loader.py)
+# the box's surroundings (on the sample: RMSE as an inpainter 0.1524 vs Telea's 0.1533, at a fifth
+# of Telea's cost in a loader worker, benchmarks/loader.py; networks trained on it scored worse in
+# short runs, so the configs keep Telea)
 HOLE_FILLS = ("none", "zero", "mean", "telea", "navier-stokes", "pyramid")
 GREY = 128  # also the fill where an image has no known pixel: the RMSE-safest guess
 _OPENCV = {"telea": cv2.INPAINT_TELEA, "navier-stokes": cv2.INPAINT_NS}
