@@ -28,7 +28,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium blend duplicates floors
+.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium blend duplicates floors gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -125,6 +125,9 @@ $(FLOORS_VENV)/.installed: pyproject.toml requirements.txt tests/floors.py
 floors: $(FLOORS_VENV)/.installed ## the suite's fast part on pyproject's lowest versions (.venv-floors)
 	@$(FLOORS_VENV)/bin/pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(torch|numpy|pandas|pydantic|accelerate|diffusers|transformers|huggingface.hub|filelock|kaggle) '
 	NO_ALBUMENTATIONS_UPDATE=1 $(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=5 $(FLOORS_TESTS)
+
+gpu-check: sample ## one GPU's check of the GPU configs (~8 min): table + submissions/gpu-check.json; CPU: 2 tiny steps
+	PYTHONWARNINGS=ignore::FutureWarning $(PY) benchmarks/gpu_check.py
 
 chromium: ## Debian's chromium for the web app's browser test (apt-get, as root); without it that test skips
 	@if [ -x /usr/bin/chromium ]; then :; \

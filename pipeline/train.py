@@ -214,13 +214,29 @@ def lr_factor(step: int, total_steps: int, decay: float) -> float:
     return min(1.0, max(0.0, (total_steps - step) / decay_steps))
 
 
+def _cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_threads(requested: int, workers: int, local_processes: int) -> int:
     """Torch threads for one training process on the CPU: its share of the cores, less one per
     loader worker, since a thread that waits on a busy core stalls all the others at each op."""
     if requested:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // local_processes - workers)
+    return max(1, _cores() // local_processes - workers)
+
+
+def loader_workers(requested: int | str, local_processes: int) -> int:
+    """Loader processes for one training process: `requested`, or for "auto" its share of the
+    cores less one for the process itself (4 Kaggle cores, one GPU: 3 workers)."""
+    if requested != "auto":
+        return int(requested)
+    return max(0, _cores() // local_processes - 1)
+
+
+def _local_processes(accelerator) -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
 
 
 def _any(accelerator, flag: bool) -> bool:
@@ -271,7 +287,7 @@ class StepScaler(torch.amp.GradScaler):
 
 
 def _accelerator(precision: str, grad_accum_steps: int = 1):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
     from accelerate.utils import GradientAccumulationPlugin
 
@@ -283,7 +299,9 @@ def _accelerator(precision: str, grad_accum_steps: int = 1):
     cpu = execution_device(per_process=False).type == "cpu"
     # the trainer feeds whole groups of batches, so accelerate need not close a group at an epoch's end
     accumulation = GradientAccumulationPlugin(num_steps=grad_accum_steps, sync_with_dataloader=False)
-    accelerator = Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_plugin=accumulation)
+    # non_blocking: batches copied from the loader's pinned memory while the GPU still computes
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_plugin=accumulation,
+                              dataloader_config=DataLoaderConfiguration(non_blocking=True))
     if precision == "fp16":
         # accelerate (1.15) gives fp16 on the CPU neither autocast nor a scaler (it trains in fp32
         # without a word); torch has both. On a GPU its scaler is swapped for one that waits for
@@ -447,8 +465,8 @@ def start_accelerator(run: Run) -> str:
     run.precision, run.precision_why = choose_precision(run.hp.mixed_precision, device, where)
     run.accelerator = _accelerator(run.precision, run.hp.grad_accum_steps)
     if run.accelerator.device.type == "cpu":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", run.accelerator.num_processes))
-        torch.set_num_threads(cpu_threads(run.hp.threads, run.hp.num_workers, local))
+        local = _local_processes(run.accelerator)
+        torch.set_num_threads(cpu_threads(run.hp.threads, loader_workers(run.hp.num_workers, local), local))
     return run.precision
 
 
@@ -459,15 +477,16 @@ def build_loaders(run: Run, competition: Competition) -> tuple[DataLoader, DataL
     augment = AugmentConfig(jitter=hp.jitter, flip=hp.flip, colour=hp.colour, jpeg=hp.jpeg,
                             jpeg_quality=(hp.jpeg_quality_low, hp.jpeg_quality_high))
     train_set = BoxInpaintingDataset(competition.train, data, augment, fill, seed=hp.seed)
-    workers = hp.num_workers
+    workers = loader_workers(hp.num_workers, _local_processes(run.accelerator))
+    pin = torch.cuda.is_available()  # page-locked batches: the copy to the GPU runs asynchronously
     loader = DataLoader(
         EpochDataset(train_set), batch_size=hp.train_batch_size, sampler=EpochSampler(len(train_set), hp.seed),
-        drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
         worker_init_fn=_worker_init, prefetch_factor=4 if workers else None,
         generator=torch.Generator().manual_seed(hp.seed),  # keeps the loader's seed draw off the global RNG
     )
     val_set = BoxInpaintingDataset(competition.val, data, None, fill)
-    val_loader = DataLoader(val_set, batch_size=run.variant.batch_size, num_workers=min(workers, 1),
+    val_loader = DataLoader(val_set, batch_size=run.variant.batch_size, num_workers=min(workers, 1), pin_memory=pin,
                             generator=torch.Generator().manual_seed(hp.seed))
     return loader, val_loader, len(train_set)
 

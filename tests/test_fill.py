@@ -107,3 +107,22 @@ def test_a_checkpoint_saved_under_the_old_name_still_matches():
     check_same_config("best.pt", state, variant, {"hole_fill": "telea"}, ["hole_fill"], "generator")
     with pytest.raises(Exception, match="hole_fill: checkpoint 'telea', config 'mean'"):
         check_same_config("best.pt", state, variant, {"hole_fill": "mean"}, ["hole_fill"], "generator")
+
+
+def test_pyramid_fill_blends_the_surroundings_into_the_hole_and_keeps_the_rest():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = 200  # left half bright, right half dark
+    mask = np.zeros((64, 64), bool)
+    mask[20:44, 20:44] = True
+    out = fill_holes(np.where(mask[..., None], 0, image).astype(np.uint8), mask, "pyramid")
+    assert (out[~mask] == image[~mask]).all()
+    assert out[32, 21, 0] > out[32, 42, 0] + 50  # the bright side stays bright, the dark side dark
+    assert fill_holes(image, np.ones((64, 64), bool), "pyramid").min() == 128  # nothing known: grey
+
+
+def test_auto_loader_workers_leave_a_core_for_the_process(monkeypatch):
+    from pipeline import train
+
+    monkeypatch.setattr(train, "_cores", lambda: 4)
+    assert train.loader_workers("auto", 1) == 3 and train.loader_workers("auto", 2) == 1
+    assert train.loader_workers(5, 1) == 5

@@ -61,7 +61,9 @@ class TrainParams:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "no"
     channels_last: bool = True  # NHWC activations: faster convolutions with bf16 on CPU and on tensor cores
     compile: bool = False  # torch.compile the networks (worth it for long GPU runs)
-    num_workers: NonNegative = 2  # data loader processes (decode, augment, hole fill)
+    # data loader processes (decode, augment, hole fill); auto: this process's share of the cores
+    # less one for itself
+    num_workers: NonNegative | Literal["auto"] = 2
     threads: NonNegative = 0  # torch threads per process on the CPU; 0: its share of the cores minus its workers
     # stop (validate, save) after this much training time; 0: no limit
     max_minutes: Annotated[float, pydantic.Field(ge=0)] = 0.0
