@@ -109,6 +109,9 @@ def test_under_several_processes_each_model_goes_to_its_process_device(monkeypat
     class ProcessState:
         device = torch.device("meta")
 
+        def __init__(self, cpu: bool = False):  # cpu=True on a machine without a GPU (devices.partial_state)
+            self.cpu = cpu
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(accelerate, "PartialState", ProcessState)
     config = p2p.pix2pix_config(_variant(ngf=8, depth=4))
