@@ -31,6 +31,7 @@ import pandas as pd
 from pipeline.config import ConfigError, PipelineError
 from pipeline.data.competition import competition_home
 from pipeline.files import atomic_write, disk_full, locked
+from pipeline.inpainters.base import METHODS
 from pipeline.next_step import NextStep
 
 LEADERBOARD_PATH = Path("submissions/leaderboard.csv")
@@ -46,6 +47,22 @@ TEXT = [c for c in COLUMNS if c not in NUMBERS]
 JSON = ["val_rmse_by_class", "config"]
 SHOWN = ["variant", "method", "channels", "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse",
          "kaggle_public_score", "seconds_per_image", "submitted_at"]
+# the classical methods are the baselines every learned variant has to beat
+BASELINE_METHODS = frozenset(m for m, target in METHODS.items() if target.startswith("pipeline.inpainters.classical:"))
+
+
+def is_baseline(method) -> bool:
+    return method in BASELINE_METHODS
+
+
+def gains_over_baseline(table: pd.DataFrame, column: str = "val_rmse") -> pd.DataFrame:
+    """`table` (rows scored on one validation split) with `gain` and `gain_pct`: how far each
+    row's `column` is below the best baseline row's (positive: better than every baseline), in
+    RMSE and in percent of the baseline's. NaN where the table holds no scored baseline."""
+    baselines = table.loc[table["method"].map(is_baseline), column].dropna()
+    best = float(baselines.min()) if len(baselines) else float("nan")
+    values = pd.to_numeric(table[column], errors="coerce")
+    return table.assign(gain=best - values, gain_pct=100.0 * (best - values) / best)
 
 
 class LeaderboardError(PipelineError, ValueError):

@@ -43,14 +43,11 @@ from pipeline.data.boxes import apply_mask, box_pixels, boxes_mask
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, load_competition, read_image
 from pipeline.data.predictions import PREDICTIONS_DIR, prediction_dir
 from pipeline.files import write_bytes_atomic
-from pipeline.inpainters.base import METHODS
-from pipeline.leaderboard import Leaderboard
+from pipeline.leaderboard import BASELINE_METHODS, Leaderboard, is_baseline
 from pipeline.next_step import NextStep
 from pipeline.score import rmse, split_fingerprint, truth_path
 
 REPORT_PATH = Path("submissions/report.html")
-# the classical methods are the baselines every learned variant has to beat
-BASELINE_METHODS = frozenset(m for m, target in METHODS.items() if target.startswith("pipeline.inpainters.classical:"))
 GALLERY_IMAGES = 6
 # the data fields that decide which validation images and boxes a prediction folder holds
 BASELINE_COLOR, VARIANT_COLOR, BOX_COLOR = "#9e9e9e", "#1f77b4", "#ffd400"
@@ -66,10 +63,6 @@ TABLE_COLUMNS = {
     "kaggle_public_score": ("Kaggle public", "{:.5f}"),
     "seconds_per_image": ("s / image", "{:.4f}"),
 }
-
-
-def is_baseline(method: str) -> bool:
-    return method in BASELINE_METHODS
 
 
 def select_rows(leaderboard: Leaderboard, variants: Sequence[str] | None = None,
