@@ -154,7 +154,7 @@ def server(site, offline_module):
             mp.setenv(name, value)
         mp.setitem(METHODS, "slow", "tests.test_serve:SlowInpainter")
         app = App(configs_dir=site / "configs", checkpoints_dir=site / "checkpoints",
-                  data_root=site / "data/sample", max_pixels=MAX_PIXELS)
+                  data_root=site / "data/sample", max_pixels=MAX_PIXELS, truth=site / "data/sample-truth")
         port = _free_port()
         uv = uvicorn.Server(uvicorn.Config(build_app(app), host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=2))
@@ -199,6 +199,24 @@ def _mask(width: int, height: int, box=(120, 60, 60, 50)) -> np.ndarray:
 def _post(url: str, image: bytes, mask: bytes, variant: str = "telea") -> httpx.Response:
     return httpx.post(f"{url}/api/inpaint", files={"image": ("photo", image), "mask": ("mask.png", mask)},
                       data={"variant": variant}, timeout=60)
+
+
+def _figures(results: str) -> list[tuple[str, Path]]:
+    """(caption, PNG path) of each picture of the page's results HTML, in order."""
+    import html
+    import re
+
+    return [(html.unescape(caption), Path(html.unescape(path))) for caption, path in re.findall(
+        r"<figure class='result' data-caption='([^']*)'><div class='frame'><img src='/gradio_api/file=([^']*)'",
+        results)]
+
+
+def _text(shown: str) -> str:
+    """The page's Markdown or HTML as it reads: escapes undone."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"\\(.)", r"\1", shown))
 
 
 def _decode(response: httpx.Response) -> Image.Image:
@@ -309,7 +327,8 @@ def test_route_refuses_bad_input_with_a_message_and_keeps_serving(server):
     cases = {
         "not an image": (_post(url, b"%PDF-1.4 this is no photo", mask), 400, "image: not an image"),
         "empty file": (_post(url, b"", mask), 400, "image: the file is empty"),
-        "empty mask": (_post(url, _png(photo), _png(np.zeros((200, 300), np.uint8))), 400, "the mask is empty"),
+        "empty mask": (_post(url, _png(photo), _png(np.zeros((200, 300), np.uint8))), 400,
+                       "the mask is empty: paint over the pixels to fill (white on black"),
         "huge": (_post(url, _png(np.full((700, 700, 3), 90, np.uint8)), mask), 413, "0.5 megapixels; the limit is 0.4"),
         "unknown variant": (_post(url, _png(photo), mask, "nope"), 404, "no variant 'nope'; runnable:"),
         "missing checkpoint": (_post(url, _png(photo), mask, "missing"), 422, "no checkpoint there"),
@@ -473,9 +492,11 @@ def _editor(tmp_path: Path, photo: np.ndarray | None, mask: np.ndarray | None, n
 
 def test_page_endpoint_shows_masked_input_and_each_result(client, tmp_path):
     photo, mask = _photo(), _mask(300, 200)
-    gallery, status, files = client.predict(_editor(tmp_path, photo, mask), ["telea", "tiny"], api_name="/inpaint")
-    assert [item["caption"] for item in gallery] == ["masked input", "telea", "tiny"]
-    masked = np.asarray(Image.open(gallery[0]["image"]))
+    results, status, files = client.predict(_editor(tmp_path, photo, mask), ["telea", "tiny"], api_name="/inpaint")
+    figures = _figures(results)
+    assert [caption for caption, _ in figures] == ["masked input", "telea", "tiny"]
+    assert "fed: the uploaded photo" in results and "fed: the uploaded photo" in status
+    masked = np.asarray(Image.open(figures[0][1]))
     assert (masked[mask] == 0).all() and np.array_equal(masked[~mask], photo[~mask])
     assert sorted(Path(f).name for f in files) == ["upload-telea.png", "upload-tiny.png"]
     for path in files:
@@ -496,7 +517,8 @@ def test_page_endpoint_refuses_bad_input_with_a_message(client, tmp_path):
         "no image": (_editor(tmp_path, None, None), ["telea"], "No image"),
         "not an image": ({"background": handle_file(str(text)), "layers": [], "composite": None}, ["telea"],
                          "not an image"),
-        "empty mask": (_editor(tmp_path, photo, None), ["telea"], "the mask is empty"),
+        "empty mask": (_editor(tmp_path, photo, None), ["telea"], "the mask is empty: paint over the pixels to fill "
+                       "(with the brush: the editor's brush tool"),
         "huge": (_editor(tmp_path, np.full((700, 700, 3), 90, np.uint8), _mask(700, 700), "huge.png"), ["telea"],
                  "700x700 is 0.5 megapixels; the limit is 0.4 megapixels"),
         "no variant": (_editor(tmp_path, photo, mask), [], "Pick at least one variant"),
@@ -505,20 +527,20 @@ def test_page_endpoint_refuses_bad_input_with_a_message(client, tmp_path):
         with pytest.raises(AppError) as err:
             client.predict(value, names, api_name="/inpaint")
         assert words in str(err.value), (case, str(err.value))
-    gallery, _, _ = client.predict(_editor(tmp_path, photo, mask), ["telea"], api_name="/inpaint")
-    assert len(gallery) == 2  # still serving
+    results, _, _ = client.predict(_editor(tmp_path, photo, mask), ["telea"], api_name="/inpaint")
+    assert len(_figures(results)) == 2  # still serving
 
 
 def test_a_checkpoint_corrupted_or_removed_after_start_is_reported_not_served(server, client, tmp_path):
     app, url = server
     photo, mask = _photo(), _mask(300, 200)
     value = _editor(tmp_path, photo, mask)
-    gallery, status, _ = client.predict(value, ["flaky"], api_name="/inpaint")  # loads it
-    assert len(gallery) == 2
+    results, status, _ = client.predict(value, ["flaky"], api_name="/inpaint")  # loads it
+    assert len(_figures(results)) == 2
     checkpoint = Path(load_variant(app.configs_dir / "flaky.yaml").params["checkpoint"])
     checkpoint.write_bytes(b"garbage")
-    gallery, status, files = client.predict(value, ["flaky", "telea"], api_name="/inpaint")
-    assert [item["caption"] for item in gallery] == ["masked input", "telea"]
+    results, status, files = client.predict(value, ["flaky", "telea"], api_name="/inpaint")
+    assert [caption for caption, _ in _figures(results)] == ["masked input", "telea"]
     assert "flaky" in status and "not a checkpoint of this pipeline" in status
     from gradio_client.exceptions import AppError
 
@@ -530,35 +552,103 @@ def test_a_checkpoint_corrupted_or_removed_after_start_is_reported_not_served(se
     assert _post(url, _png(photo), _png(mask.astype(np.uint8) * 255)).status_code == 200
 
 
-def test_a_validation_image_shows_its_truth_and_box_rmse(server, client, tmp_path):
-    """Picking a competition image: its own boxes as the mask, the truth, RMSE on those boxes."""
-    from pipeline.score import rmse
+def _run_picked(app, key: str, names: list[str]):
+    """The page's flow on a competition image, as its events call it: pick, own boxes, Inpaint.
+    (The picked image's key lives in a State, which gradio_client cannot set.)"""
+    from pipeline.serve import page
+
+    editor, picked = page.pick_image(app, key)
+    assert picked == key
+    value = _as_sent(page.own_boxes(app, _as_sent(editor), key))
+    return value, page.run(app, value, key, names)
+
+
+def _pipeline_image_rmse(app, variant_name: str, split: str, image_id: str, tmp_path: Path) -> float:
+    """The pipeline's own RMSE of one image: `predict_split` on the split (the files it feeds), the
+    prediction read back and scored over the image's boxes against score.truth_path (as report.py's
+    gallery scores an image)."""
+    from pipeline.data.boxes import box_pixels
+    from pipeline.data.competition import load_competition, read_image
+    from pipeline.data.predictions import load_prediction
+    from pipeline.predict import predict_split
+    from pipeline.score import rmse, truth_path
+
+    variant = load_variant(app.configs_dir / f"{variant_name}.yaml")
+    variant.data = app.data
+    competition = load_competition(app.data)
+    run = predict_split(variant, competition, split, root=tmp_path / "predictions", progress=False)
+    record = next(r for r in competition.split(split) if r.image_id == image_id)
+    size = app.data.image_size
+    predicted = load_prediction(run.folder, record, size)
+    return rmse(box_pixels(predicted, record.boxes),
+                box_pixels(read_image(truth_path(competition, record), size), record.boxes))
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_the_page_scores_a_competition_image_as_the_pipeline_does(server, tmp_path, split):
+    """Issue 18.1: for the same image, boxes and variant the page's box RMSE is the pipeline's
+    per-image RMSE: a validation image is fed as the competition's masked JPEG copy (not the clean
+    photo with its boxes blanked), a sample test image as given, scored against data.truth; the
+    page says which file it fed, and shows the truth."""
+    from pipeline.data.competition import read_image
     from pipeline.serve import inpaint as core
 
     app, _ = server
-    image = next(i for i in app.images().values() if i.split == "val")
-    truth, is_truth = core.competition_pixels(image)
-    assert is_truth
-    mask = boxes_mask(image.boxes, *truth.shape[:2])
-    # the page keeps the picked image's key in a State, which gradio_client cannot set: call the
-    # page's functions as its events do, with the values the browser would send
+    image = next(i for i in app.images().values() if i.split == split)
+    assert image.truth_path is not None, "the sample's test truth (data/sample-truth) is known to the app"
+    value, (results, status, files) = _run_picked(app, image.key, ["telea"])
+    figures = _figures(results)
+    assert [caption for caption, _ in figures] == ["masked input", "ground truth", "telea"]
+    assert results.count("class='box'") == 4 * len(image.boxes), "every picture (and the comparison) outlines the boxes"
+    pipeline_rmse = _pipeline_image_rmse(app, "telea", split, image.image_id, tmp_path)
+    shown = results.split("box RMSE ")[1][:6]
+    assert float(shown) == pytest.approx(pipeline_rmse, abs=5e-5) and f"| telea | " in status
+    # the page's number, unrounded: the result PNG scored over the boxes, as the page does it
+    truth = read_image(image.truth_path)
+    page_rmse = core.box_rmse(np.asarray(Image.open(figures[2][1]).convert("RGB")), truth, None, image.boxes)
+    assert page_rmse == pytest.approx(pipeline_rmse, abs=1e-6)
+    masked = np.asarray(Image.open(figures[0][1]).convert("RGB"))
+    fed = read_image(image.input_path)
+    mask = boxes_mask(image.boxes, *masked.shape[:2])
+    assert np.array_equal(masked[~mask], fed[~mask]) and (masked[mask] == 0).all()
+    words = "the competition's masked copy" if split == "val" else "the test image as given"
+    assert words in _text(status) and words in _text(results) and image.input_path.name in status
+    assert np.array_equal(np.asarray(Image.open(figures[1][1]).convert("RGB")), truth)
+    if split == "val":
+        assert image.input_path != image.path, "the sample's validation images have a masked copy"
+        # what the page fed before: the clean photo with its boxes blanked, a different score
+        clean = core.inpaint(app.models, app.variant("telea"), read_image(image.path), mask, truth=truth,
+                             boxes=image.boxes)
+        assert abs(clean.rmse - pipeline_rmse) > 1e-4
+
+
+def test_a_mask_that_leaves_a_validation_box_unpainted_is_fed_the_clean_photo(server):
+    """The masked copy's blank boxes must not reach the model as context: a mask that leaves one
+    of the image's boxes unpainted is fed the clean photo, and says so; its RMSE is over the
+    painted pixels. A photo uploaded after the pick replaces it: no truth."""
+    from pipeline.score import rmse
+    from pipeline.serve import inpaint as core
     from pipeline.serve import page
 
+    app, _ = server
+    image = next(i for i in app.images().values() if i.split == "val")
     editor, key = page.pick_image(app, image.key)
     value = _as_sent(editor)
-    assert key == image.key and np.array_equal(np.asarray(value["background"].convert("RGB")), truth)
+    truth = core.shown_pixels(image)
+    assert np.array_equal(np.asarray(value["background"].convert("RGB")), truth)
     value = _as_sent(page.own_boxes(app, value, key))
-    assert np.array_equal(np.asarray(value["layers"][0])[..., 3] > 0, mask)
-    gallery, status, files = page.run(app, value, key, ["telea"])
-    assert [caption.split(" - ")[0] for _, caption in gallery] == ["masked input", "ground truth", "telea"]
+    mask = boxes_mask(image.boxes[:1], *truth.shape[:2])  # the first box only
+    layer = np.zeros((*mask.shape, 4), np.uint8)
+    layer[mask] = (255, 0, 255, 150)
+    value["layers"] = [Image.fromarray(layer, "RGBA")]
+    results, status, files = page.run(app, value, key, ["telea"])
+    assert "fed: Unmasked_Train/" in _text(status) and "leaves some of the image's own boxes unpainted" in _text(status)
     result = np.asarray(Image.open(files[0]))
-    expected = rmse(result[mask], truth[mask])
-    assert f"box RMSE {expected:.4f}" in gallery[2][1] and f"{expected:.4f}" in status
-    assert np.array_equal(result[~mask], truth[~mask]) and expected > 0
-    # a photo uploaded after the pick replaces it: no truth, however long the key is remembered
+    assert np.array_equal(result[~mask], truth[~mask])
+    assert f"box RMSE {rmse(result[mask], truth[mask]):.4f}" in results and "over the painted pixels" in status
     value["background"] = Image.fromarray(_photo(256, 256)).convert("RGBA")
-    gallery, status, _ = page.run(app, value, key, ["telea"])
-    assert [caption for _, caption in gallery] == ["masked input", "telea"] and "**upload**" in status
+    results, status, _ = page.run(app, value, key, ["telea"])
+    assert [caption for caption, _ in _figures(results)] == ["masked input", "telea"] and "**upload**" in status
 
 
 def _as_sent(editor) -> dict:
