@@ -518,7 +518,7 @@ def test_page_endpoint_refuses_bad_input_with_a_message(client, tmp_path):
         "not an image": ({"background": handle_file(str(text)), "layers": [], "composite": None}, ["telea"],
                          "not an image"),
         "empty mask": (_editor(tmp_path, photo, None), ["telea"], "the mask is empty: paint over the pixels to fill "
-                       "(with the brush: the editor's brush tool"),
+                       "(with the brush, the pen in the editor's toolbar"),
         "huge": (_editor(tmp_path, np.full((700, 700, 3), 90, np.uint8), _mask(700, 700), "huge.png"), ["telea"],
                  "700x700 is 0.5 megapixels; the limit is 0.4 megapixels"),
         "no variant": (_editor(tmp_path, photo, mask), [], "Pick at least one variant"),
@@ -795,10 +795,8 @@ def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
                     ".length >= 2 || document.querySelector('[data-testid=toast-body]') !== null")
             page.wait_for_function(done)
             toasts = page.locator("[data-testid=toast-body]").all_inner_texts()
-            if toasts:
-                page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
-            assert not toasts, f"the page said: {toasts} (screenshot: {tmp_path / 'serve.png'})"
-            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+            shot = _screenshot(page, "serve-upload-brush-telea.png", full_page=True)
+            assert not toasts, f"the page said: {toasts} (screenshot: {shot})"
             sources = page.eval_on_selector_all("#results img", "els => els.map(e => e.src)")
             captions = page.inner_text("#results")
             masked, result = (np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
@@ -806,9 +804,141 @@ def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
         finally:
             browser.close()
     assert "telea" in captions
-    assert (tmp_path / "serve.png").stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
     stroke = (masked != photo).any(-1)  # the painted pixels: blank in the masked input
     assert 200 < stroke.sum() < 256 * 256 // 4, f"the stroke covers {stroke.sum()} pixels"
     assert (masked[stroke] == 0).all()
     assert np.array_equal(result[~stroke], photo[~stroke]), "pixels outside the stroke changed"
     assert not np.array_equal(result[stroke], photo[stroke]) and (result[stroke] > 0).mean() > 0.9
+
+
+ARTIFACTS = REPO / "build/test-artifacts"  # screenshots kept for a person to look at (git-ignored)
+
+
+def _screenshot(page, name: str, full_page: bool = False) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def _checkpoint_from_repo_config(workspace: Path, name: str) -> Path:
+    """checkpoints/<name>/best.pt for configs/<name>.yaml (a pix2pix), untrained weights written by
+    the pipeline's own checkpoint code: a variant "trained" while the server runs."""
+    path = workspace / "checkpoints" / name / "best.pt"
+    variant = load_variant(REPO / "configs" / f"{name}.yaml")
+    typed = p2p.FAMILY.config(variant)
+    torch.manual_seed(0)
+    save_checkpoint(path, {"config": {**variant.to_dict(), "params": typed.params()},
+                           "generator": p2p.FAMILY.build_generator(typed).state_dict()})
+    return path
+
+
+CAPTIONS_SHOWN = """() => [...document.querySelectorAll('#results figure.result')].map(figure => {
+  const caption = figure.querySelector('figcaption'), box = figure.getBoundingClientRect(),
+        text = caption.getBoundingClientRect();
+  return {caption: figure.dataset.caption, text: caption.innerText, boxes: figure.querySelectorAll('.box').length,
+          inside: text.left >= box.left - 0.5 && text.right <= box.right + 0.5 && text.height > 0,
+          cut: caption.scrollWidth > caption.clientWidth + 1 || caption.scrollHeight > caption.clientHeight + 1};
+})"""
+
+
+@pytest.mark.skipif(bool(_browser_missing()), reason=f"browser test needs {_browser_missing()}")
+def test_in_a_browser_every_variant_on_a_validation_and_a_test_image(served_subprocess, workspace):
+    """Issue 18.5 in Chromium: a variant trained after the start appears on reload; a validation
+    image picked from its thumbnail, its own boxes, every variant: the results scroll into view,
+    each caption whole, the boxes outlined, the fed file named, a before/after slider; a failed run
+    (no mask: the message speaks of the brush) marks the results stale; a sample test image shows
+    its truth and box RMSE. Screenshots in build/test-artifacts/serve-*.png."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(served_subprocess + "/", wait_until="load")
+            page.locator("#editor canvas").first.wait_for()
+            assert page.locator("#editor").bounding_box()["height"] >= 550, "the editor's canvas is larger"
+            assert "pix2pix-cpu" not in page.inner_text("#variants")
+            _checkpoint_from_repo_config(workspace, "pix2pix-cpu")
+            page.reload(wait_until="load")
+            page.wait_for_function("document.querySelector('#variants')?.innerText.includes('pix2pix-cpu')")
+            # a validation image from its thumbnail (validation images come first), its own boxes
+            thumbnail = page.locator("#pick button.thumbnail-item").first
+            key = thumbnail.locator("img").get_attribute("alt")
+            assert key.startswith("val/")
+            thumbnail.click()
+            page.wait_for_function("!document.querySelector('#editor').innerText.includes('Upload an image')")
+            page.wait_for_timeout(1000)
+            page.click("#own-boxes")
+            page.wait_for_timeout(1000)
+            for label in page.locator("#variants label").all():
+                if not label.locator("input").is_checked():
+                    label.click()
+            names = page.locator("#variants label").all_inner_texts()
+            assert len(names) >= 5 and "pix2pix-cpu" in names, names
+            page.evaluate("window.scrollTo(0, 0)")
+            page.click("#run")
+            page.wait_for_function(f"document.querySelectorAll('#results figure.result').length >= {len(names) + 2}"
+                                   " && !document.getElementById('results').classList.contains('stale')"
+                                   " || document.querySelector('[data-testid=toast-body]') !== null")
+            toasts = page.locator("[data-testid=toast-body]").all_inner_texts()
+            shot = _screenshot(page, "serve-val-every-variant.png")
+            assert not toasts, f"the page said: {toasts} (screenshot: {shot})"
+            page.wait_for_timeout(500)
+            shot = _screenshot(page, "serve-val-every-variant.png")
+            _screenshot(page, "serve-val-every-variant-full.png", full_page=True)
+            in_view = page.evaluate("() => { const r = document.querySelector('#results figure').getBoundingClientRect();"
+                                    " return r.top >= 0 && r.top < window.innerHeight; }")
+            assert in_view, f"the results were not scrolled into view ({shot})"
+            figures = page.evaluate(CAPTIONS_SHOWN)
+            captions = [f["caption"] for f in figures]
+            assert captions[:2] == ["masked input", "ground truth"] and sorted(captions[2:]) == sorted(names)
+            for figure in figures:
+                assert figure["inside"] and not figure["cut"], (figure, shot)
+                assert figure["boxes"] == 2, (figure, "the image's two boxes outlined")
+            for figure in figures[2:]:
+                assert figure["text"].startswith(figure["caption"]) and "box RMSE 0." in figure["text"], figure
+            assert "the competition's masked copy" in figures[0]["text"] and "Masked_Train/" in figures[0]["text"]
+            assert "the competition's masked copy" in page.inner_text("#status")
+            # before / after: the slider moves the cut, the right-hand picture can be any variant
+            compare = page.locator("#results .compare")
+            compare.scroll_into_view_if_needed()
+            compare.locator("input.cut").fill("20")
+            assert compare.evaluate("e => e.style.getPropertyValue('--cut')") == "20%"
+            compare.locator("select.after").select_option(label="pix2pix-cpu")
+            assert compare.locator("img.after").get_attribute("src").endswith("-pix2pix-cpu.png")
+            assert compare.locator("img.before").get_attribute("src").endswith("-truth.png")
+            _screenshot(page, "serve-before-after.png")
+            # a run that fails (the mask cleared) says what to do and marks the results stale
+            page.click("#clear-mask")
+            page.wait_for_timeout(1000)
+            page.click("#run")
+            page.wait_for_selector("[data-testid=toast-body]", state="visible")
+            toasts = page.locator("[data-testid=toast-body]").all_inner_texts()
+            assert any("with the brush" in t for t in toasts) and not any("PNG" in t or "layer" in t for t in toasts)
+            assert "stale" in page.get_attribute("#results", "class")
+            banner = page.evaluate("getComputedStyle(document.getElementById('status'), '::before').content")
+            assert "Stale: the results below are from an earlier run" in banner
+            page.locator("#status").scroll_into_view_if_needed()
+            page.wait_for_timeout(300)  # the message box slides in
+            _screenshot(page, "serve-error-stale.png")
+            for close in page.locator("[data-testid=toast-close]").all():
+                close.click()
+            # a sample test image: its truth (data/sample-truth) and box RMSE
+            test_thumbnail = page.locator("#pick button.thumbnail-item:has(img[alt^='test/'])").first
+            test_thumbnail.click()
+            page.wait_for_timeout(1000)
+            page.click("#own-boxes")
+            page.wait_for_timeout(1000)
+            page.click("#run")
+            page.wait_for_function("!document.getElementById('results').classList.contains('stale')"
+                                   " || document.querySelector('[data-testid=toast-body]') !== null")
+            page.wait_for_timeout(500)
+            shot = _screenshot(page, "serve-test-image.png")
+            figures = page.evaluate(CAPTIONS_SHOWN)
+            assert [f["caption"] for f in figures[:2]] == ["masked input", "ground truth"], (figures, shot)
+            assert "the test image as given" in figures[0]["text"] and "box RMSE 0." in figures[2]["text"]
+        finally:
+            browser.close()

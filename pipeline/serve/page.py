@@ -105,8 +105,8 @@ def variant_notes(app: App) -> str:
 
 
 # how the page's own editor marks the pixels to fill (the empty-mask and whole-mask messages)
-BRUSH_HOW = ("with the brush: the editor's brush tool, left of the photo; or press \"Mask: the image's own "
-             "boxes\" for a competition image")
+BRUSH_HOW = ("with the brush, the pen in the editor's toolbar left of the photo; or press \"Mask: the image's "
+             "own boxes\" on a competition image")
 
 
 def pick_image(app: App, key: str | None):
@@ -260,9 +260,9 @@ CSS = """
 #results .cut-line { position: absolute; top: 0; bottom: 0; left: var(--cut); width: 2px; background: #fff;
                      box-shadow: 0 0 2px #000; pointer-events: none; }
 #results input.cut { width: 100%; }
-#results.stale, #status.stale { opacity: 0.4; }
-#results.stale::before { content: "Stale: these results are from an earlier run (the last run failed, or is still running)";
-                         display: block; font-weight: bold; color: #b00; opacity: 1; }
+#results.stale, #status.stale > * { opacity: 0.4; }
+#status.stale::before { content: "Stale: the results below are from an earlier run (the last one failed, or runs)";
+                        display: block; font-weight: bold; color: #b00; padding: 4px 90px 4px 0; }
 """
 
 # marks the shown results stale when a run starts; a run that succeeds unmarks them and scrolls to them
