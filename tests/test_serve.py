@@ -602,7 +602,7 @@ def test_the_page_scores_a_competition_image_as_the_pipeline_does(server, tmp_pa
     assert results.count("class='box'") == 4 * len(image.boxes), "every picture (and the comparison) outlines the boxes"
     pipeline_rmse = _pipeline_image_rmse(app, "telea", split, image.image_id, tmp_path)
     shown = results.split("box RMSE ")[1][:6]
-    assert float(shown) == pytest.approx(pipeline_rmse, abs=5e-5) and f"| telea | " in status
+    assert float(shown) == pytest.approx(pipeline_rmse, abs=5e-5) and "| telea | " in status
     # the page's number, unrounded: the result PNG scored over the boxes, as the page does it
     truth = read_image(image.truth_path)
     page_rmse = core.box_rmse(np.asarray(Image.open(figures[2][1]).convert("RGB")), truth, None, image.boxes)

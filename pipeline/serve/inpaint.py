@@ -4,7 +4,9 @@ paste the predicted pixels into the mask at the photo's own size.
 
 Images in: any size up to `max_pixels`, any mode PIL reads. An uploaded file's EXIF orientation is
 applied (the photo is used as a browser shows it, and the mask is drawn on that), competition
-images are read as stored, by the pipeline's own reader. Transparent pixels are flattened onto
+images are read as stored, by the pipeline's own reader, and fed as the pipeline's predictions feed
+them (a validation image's masked JPEG copy: `competition_input`), so that a variant's box RMSE on
+the page is the pipeline's for that image. Transparent pixels are flattened onto
 white for the model; the result keeps the photo's alpha. Grayscale photos come back grayscale,
 every other photo RGB (RGBA when it had transparency); 16-bit photos come back 8-bit.
 """

@@ -201,7 +201,9 @@ def results_html(results: Results | None) -> str:
     never cut), then a before/after comparison with a slider (driven by RESULTS_JS)."""
     if results is None or not results.pictures:
         return "<p class='empty'>No results yet: press <b>Inpaint</b>.</p>"
-    e = lambda text: html.escape(text, quote=True)  # noqa: E731
+    def e(text: str) -> str:
+        return html.escape(text, quote=True)
+
     outlines = "".join(
         f"<span class='box' style='left:{100 * x / results.width:.3f}%;top:{100 * y / results.height:.3f}%;"
         f"width:{100 * w / results.width:.3f}%;height:{100 * h / results.height:.3f}%'></span>"
