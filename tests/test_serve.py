@@ -207,7 +207,7 @@ def _figures(results: str) -> list[tuple[str, Path]]:
     import re
 
     return [(html.unescape(caption), Path(html.unescape(path))) for caption, path in re.findall(
-        r"<figure class='result' data-caption='([^']*)'><div class='frame'><img src='/gradio_api/file=([^']*)'",
+        r"<figure class='result' data-caption='([^']*)'><div class='frame'><img src='gradio_api/file=([^']*)'",
         results)]
 
 
@@ -620,6 +620,19 @@ def test_the_page_scores_a_competition_image_as_the_pipeline_does(server, tmp_pa
         clean = core.inpaint(app.models, app.variant("telea"), read_image(image.path), mask, truth=truth,
                              boxes=image.boxes)
         assert abs(clean.rmse - pipeline_rmse) > 1e-4
+
+
+def test_with_clean_validation_inputs_the_clean_photo_is_fed_as_the_pipeline_does(site):
+    """data.val_inputs: clean (the pipeline feeds the clean photo, boxes blanked): so does the page."""
+    from pipeline.config import data_config
+    from pipeline.data.competition import read_image
+    from pipeline.serve import inpaint as core
+
+    data = data_config({"root": site / "data/sample", "truth": None, "val_inputs": "clean"})
+    image = next(i for i in core.competition_images(data) if i.split == "val")
+    fed = core.competition_input(image, boxes_mask(image.boxes, 256, 256))
+    assert image.fed_path == image.path and np.array_equal(fed.pixels, read_image(image.path))
+    assert "the clean photo, as the pipeline's scores feed it" in fed.fed and fed.boxes == image.boxes
 
 
 def test_a_mask_that_leaves_a_validation_box_unpainted_is_fed_the_clean_photo(server):

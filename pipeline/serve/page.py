@@ -192,8 +192,9 @@ class Results:
 
 
 def _url(path: str) -> str:
-    """The address gradio serves a file of the outputs folder at (allowed_paths)."""
-    return "/gradio_api/file=" + html.escape(str(path), quote=True)
+    """The address gradio serves a file of the outputs folder at (allowed_paths), relative to the
+    page (mounted at /), so that it holds behind a proxy's path prefix too."""
+    return "gradio_api/file=" + html.escape(str(path), quote=True)
 
 
 def results_html(results: Results | None) -> str:
