@@ -154,7 +154,7 @@ def server(site, offline_module):
             mp.setenv(name, value)
         mp.setitem(METHODS, "slow", "tests.test_serve:SlowInpainter")
         app = App(configs_dir=site / "configs", checkpoints_dir=site / "checkpoints",
-                  data_root=site / "data/sample", max_pixels=MAX_PIXELS)
+                  data_root=site / "data/sample", max_pixels=MAX_PIXELS, truth=site / "data/sample-truth")
         port = _free_port()
         uv = uvicorn.Server(uvicorn.Config(build_app(app), host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=2))
@@ -199,6 +199,24 @@ def _mask(width: int, height: int, box=(120, 60, 60, 50)) -> np.ndarray:
 def _post(url: str, image: bytes, mask: bytes, variant: str = "telea") -> httpx.Response:
     return httpx.post(f"{url}/api/inpaint", files={"image": ("photo", image), "mask": ("mask.png", mask)},
                       data={"variant": variant}, timeout=60)
+
+
+def _figures(results: str) -> list[tuple[str, Path]]:
+    """(caption, PNG path) of each picture of the page's results HTML, in order."""
+    import html
+    import re
+
+    return [(html.unescape(caption), Path(html.unescape(path))) for caption, path in re.findall(
+        r"<figure class='result' data-caption='([^']*)'><div class='frame'><img src='gradio_api/file=([^']*)'",
+        results)]
+
+
+def _text(shown: str) -> str:
+    """The page's Markdown or HTML as it reads: escapes undone."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"\\(.)", r"\1", shown))
 
 
 def _decode(response: httpx.Response) -> Image.Image:
@@ -309,7 +327,8 @@ def test_route_refuses_bad_input_with_a_message_and_keeps_serving(server):
     cases = {
         "not an image": (_post(url, b"%PDF-1.4 this is no photo", mask), 400, "image: not an image"),
         "empty file": (_post(url, b"", mask), 400, "image: the file is empty"),
-        "empty mask": (_post(url, _png(photo), _png(np.zeros((200, 300), np.uint8))), 400, "the mask is empty"),
+        "empty mask": (_post(url, _png(photo), _png(np.zeros((200, 300), np.uint8))), 400,
+                       "the mask is empty: paint over the pixels to fill (white on black"),
         "huge": (_post(url, _png(np.full((700, 700, 3), 90, np.uint8)), mask), 413, "0.5 megapixels; the limit is 0.4"),
         "unknown variant": (_post(url, _png(photo), mask, "nope"), 404, "no variant 'nope'; runnable:"),
         "missing checkpoint": (_post(url, _png(photo), mask, "missing"), 422, "no checkpoint there"),
@@ -473,9 +492,11 @@ def _editor(tmp_path: Path, photo: np.ndarray | None, mask: np.ndarray | None, n
 
 def test_page_endpoint_shows_masked_input_and_each_result(client, tmp_path):
     photo, mask = _photo(), _mask(300, 200)
-    gallery, status, files = client.predict(_editor(tmp_path, photo, mask), ["telea", "tiny"], api_name="/inpaint")
-    assert [item["caption"] for item in gallery] == ["masked input", "telea", "tiny"]
-    masked = np.asarray(Image.open(gallery[0]["image"]))
+    results, status, files = client.predict(_editor(tmp_path, photo, mask), ["telea", "tiny"], api_name="/inpaint")
+    figures = _figures(results)
+    assert [caption for caption, _ in figures] == ["masked input", "telea", "tiny"]
+    assert "fed: the uploaded photo" in results and "fed: the uploaded photo" in status
+    masked = np.asarray(Image.open(figures[0][1]))
     assert (masked[mask] == 0).all() and np.array_equal(masked[~mask], photo[~mask])
     assert sorted(Path(f).name for f in files) == ["upload-telea.png", "upload-tiny.png"]
     for path in files:
@@ -496,7 +517,8 @@ def test_page_endpoint_refuses_bad_input_with_a_message(client, tmp_path):
         "no image": (_editor(tmp_path, None, None), ["telea"], "No image"),
         "not an image": ({"background": handle_file(str(text)), "layers": [], "composite": None}, ["telea"],
                          "not an image"),
-        "empty mask": (_editor(tmp_path, photo, None), ["telea"], "the mask is empty"),
+        "empty mask": (_editor(tmp_path, photo, None), ["telea"], "the mask is empty: paint over the pixels to fill "
+                       "(with the brush, the pen in the editor's toolbar"),
         "huge": (_editor(tmp_path, np.full((700, 700, 3), 90, np.uint8), _mask(700, 700), "huge.png"), ["telea"],
                  "700x700 is 0.5 megapixels; the limit is 0.4 megapixels"),
         "no variant": (_editor(tmp_path, photo, mask), [], "Pick at least one variant"),
@@ -505,20 +527,20 @@ def test_page_endpoint_refuses_bad_input_with_a_message(client, tmp_path):
         with pytest.raises(AppError) as err:
             client.predict(value, names, api_name="/inpaint")
         assert words in str(err.value), (case, str(err.value))
-    gallery, _, _ = client.predict(_editor(tmp_path, photo, mask), ["telea"], api_name="/inpaint")
-    assert len(gallery) == 2  # still serving
+    results, _, _ = client.predict(_editor(tmp_path, photo, mask), ["telea"], api_name="/inpaint")
+    assert len(_figures(results)) == 2  # still serving
 
 
 def test_a_checkpoint_corrupted_or_removed_after_start_is_reported_not_served(server, client, tmp_path):
     app, url = server
     photo, mask = _photo(), _mask(300, 200)
     value = _editor(tmp_path, photo, mask)
-    gallery, status, _ = client.predict(value, ["flaky"], api_name="/inpaint")  # loads it
-    assert len(gallery) == 2
+    results, status, _ = client.predict(value, ["flaky"], api_name="/inpaint")  # loads it
+    assert len(_figures(results)) == 2
     checkpoint = Path(load_variant(app.configs_dir / "flaky.yaml").params["checkpoint"])
     checkpoint.write_bytes(b"garbage")
-    gallery, status, files = client.predict(value, ["flaky", "telea"], api_name="/inpaint")
-    assert [item["caption"] for item in gallery] == ["masked input", "telea"]
+    results, status, files = client.predict(value, ["flaky", "telea"], api_name="/inpaint")
+    assert [caption for caption, _ in _figures(results)] == ["masked input", "telea"]
     assert "flaky" in status and "not a checkpoint of this pipeline" in status
     from gradio_client.exceptions import AppError
 
@@ -530,35 +552,116 @@ def test_a_checkpoint_corrupted_or_removed_after_start_is_reported_not_served(se
     assert _post(url, _png(photo), _png(mask.astype(np.uint8) * 255)).status_code == 200
 
 
-def test_a_validation_image_shows_its_truth_and_box_rmse(server, client, tmp_path):
-    """Picking a competition image: its own boxes as the mask, the truth, RMSE on those boxes."""
-    from pipeline.score import rmse
+def _run_picked(app, key: str, names: list[str]):
+    """The page's flow on a competition image, as its events call it: pick, own boxes, Inpaint.
+    (The picked image's key lives in a State, which gradio_client cannot set.)"""
+    from pipeline.serve import page
+
+    editor, picked = page.pick_image(app, key)
+    assert picked == key
+    value = _as_sent(page.own_boxes(app, _as_sent(editor), key))
+    return value, page.run(app, value, key, names)
+
+
+def _pipeline_image_rmse(app, variant_name: str, split: str, image_id: str, tmp_path: Path) -> float:
+    """The pipeline's own RMSE of one image: `predict_split` on the split (the files it feeds), the
+    prediction read back and scored over the image's boxes against score.truth_path (as report.py's
+    gallery scores an image)."""
+    from pipeline.data.boxes import box_pixels
+    from pipeline.data.competition import load_competition, read_image
+    from pipeline.data.predictions import load_prediction
+    from pipeline.predict import predict_split
+    from pipeline.score import rmse, truth_path
+
+    variant = load_variant(app.configs_dir / f"{variant_name}.yaml")
+    variant.data = app.data
+    competition = load_competition(app.data)
+    run = predict_split(variant, competition, split, root=tmp_path / "predictions", progress=False)
+    record = next(r for r in competition.split(split) if r.image_id == image_id)
+    size = app.data.image_size
+    predicted = load_prediction(run.folder, record, size)
+    return rmse(box_pixels(predicted, record.boxes),
+                box_pixels(read_image(truth_path(competition, record), size), record.boxes))
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_the_page_scores_a_competition_image_as_the_pipeline_does(server, tmp_path, split):
+    """Issue 18.1: for the same image, boxes and variant the page's box RMSE is the pipeline's
+    per-image RMSE: a validation image is fed as the competition's masked JPEG copy (not the clean
+    photo with its boxes blanked), a sample test image as given, scored against data.truth; the
+    page says which file it fed, and shows the truth."""
+    from pipeline.data.competition import read_image
     from pipeline.serve import inpaint as core
 
     app, _ = server
-    image = next(i for i in app.images().values() if i.split == "val")
-    truth, is_truth = core.competition_pixels(image)
-    assert is_truth
-    mask = boxes_mask(image.boxes, *truth.shape[:2])
-    # the page keeps the picked image's key in a State, which gradio_client cannot set: call the
-    # page's functions as its events do, with the values the browser would send
+    image = next(i for i in app.images().values() if i.split == split)
+    assert image.truth_path is not None, "the sample's test truth (data/sample-truth) is known to the app"
+    value, (results, status, files) = _run_picked(app, image.key, ["telea"])
+    figures = _figures(results)
+    assert [caption for caption, _ in figures] == ["masked input", "ground truth", "telea"]
+    assert results.count("class='box'") == 4 * len(image.boxes), "every picture (and the comparison) outlines the boxes"
+    pipeline_rmse = _pipeline_image_rmse(app, "telea", split, image.image_id, tmp_path)
+    shown = results.split("box RMSE ")[1][:6]
+    assert float(shown) == pytest.approx(pipeline_rmse, abs=5e-5) and "| telea | " in status
+    # the page's number, unrounded: the result PNG scored over the boxes, as the page does it
+    truth = read_image(image.truth_path)
+    page_rmse = core.box_rmse(np.asarray(Image.open(figures[2][1]).convert("RGB")), truth, None, image.boxes)
+    assert page_rmse == pytest.approx(pipeline_rmse, abs=1e-6)
+    masked = np.asarray(Image.open(figures[0][1]).convert("RGB"))
+    fed = read_image(image.input_path)
+    mask = boxes_mask(image.boxes, *masked.shape[:2])
+    assert np.array_equal(masked[~mask], fed[~mask]) and (masked[mask] == 0).all()
+    words = "the competition's masked copy" if split == "val" else "the test image as given"
+    assert words in _text(status) and words in _text(results) and image.input_path.name in status
+    assert np.array_equal(np.asarray(Image.open(figures[1][1]).convert("RGB")), truth)
+    if split == "val":
+        assert image.input_path != image.path, "the sample's validation images have a masked copy"
+        # what the page fed before: the clean photo with its boxes blanked, a different score
+        clean = core.inpaint(app.models, app.variant("telea"), read_image(image.path), mask, truth=truth,
+                             boxes=image.boxes)
+        assert abs(clean.rmse - pipeline_rmse) > 1e-4
+
+
+def test_with_clean_validation_inputs_the_clean_photo_is_fed_as_the_pipeline_does(site):
+    """data.val_inputs: clean (the pipeline feeds the clean photo, boxes blanked): so does the page."""
+    from pipeline.config import data_config
+    from pipeline.data.competition import read_image
+    from pipeline.serve import inpaint as core
+
+    data = data_config({"root": site / "data/sample", "truth": None, "val_inputs": "clean"})
+    image = next(i for i in core.competition_images(data) if i.split == "val")
+    fed = core.competition_input(image, boxes_mask(image.boxes, 256, 256))
+    assert image.fed_path == image.path and np.array_equal(fed.pixels, read_image(image.path))
+    assert "the clean photo, as the pipeline's scores feed it" in fed.fed and fed.boxes == image.boxes
+
+
+def test_a_mask_that_leaves_a_validation_box_unpainted_is_fed_the_clean_photo(server):
+    """The masked copy's blank boxes must not reach the model as context: a mask that leaves one
+    of the image's boxes unpainted is fed the clean photo, and says so; its RMSE is over the
+    painted pixels. A photo uploaded after the pick replaces it: no truth."""
+    from pipeline.score import rmse
+    from pipeline.serve import inpaint as core
     from pipeline.serve import page
 
+    app, _ = server
+    image = next(i for i in app.images().values() if i.split == "val")
     editor, key = page.pick_image(app, image.key)
     value = _as_sent(editor)
-    assert key == image.key and np.array_equal(np.asarray(value["background"].convert("RGB")), truth)
+    truth = core.shown_pixels(image)
+    assert np.array_equal(np.asarray(value["background"].convert("RGB")), truth)
     value = _as_sent(page.own_boxes(app, value, key))
-    assert np.array_equal(np.asarray(value["layers"][0])[..., 3] > 0, mask)
-    gallery, status, files = page.run(app, value, key, ["telea"])
-    assert [caption.split(" - ")[0] for _, caption in gallery] == ["masked input", "ground truth", "telea"]
+    mask = boxes_mask(image.boxes[:1], *truth.shape[:2])  # the first box only
+    layer = np.zeros((*mask.shape, 4), np.uint8)
+    layer[mask] = (255, 0, 255, 150)
+    value["layers"] = [Image.fromarray(layer, "RGBA")]
+    results, status, files = page.run(app, value, key, ["telea"])
+    assert "fed: Unmasked_Train/" in _text(status) and "leaves some of the image's own boxes unpainted" in _text(status)
     result = np.asarray(Image.open(files[0]))
-    expected = rmse(result[mask], truth[mask])
-    assert f"box RMSE {expected:.4f}" in gallery[2][1] and f"{expected:.4f}" in status
-    assert np.array_equal(result[~mask], truth[~mask]) and expected > 0
-    # a photo uploaded after the pick replaces it: no truth, however long the key is remembered
+    assert np.array_equal(result[~mask], truth[~mask])
+    assert f"box RMSE {rmse(result[mask], truth[mask]):.4f}" in results and "over the painted pixels" in status
     value["background"] = Image.fromarray(_photo(256, 256)).convert("RGBA")
-    gallery, status, _ = page.run(app, value, key, ["telea"])
-    assert [caption for _, caption in gallery] == ["masked input", "telea"] and "**upload**" in status
+    results, status, _ = page.run(app, value, key, ["telea"])
+    assert [caption for caption, _ in _figures(results)] == ["masked input", "telea"] and "**upload**" in status
 
 
 def _as_sent(editor) -> dict:
@@ -705,10 +808,8 @@ def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
                     ".length >= 2 || document.querySelector('[data-testid=toast-body]') !== null")
             page.wait_for_function(done)
             toasts = page.locator("[data-testid=toast-body]").all_inner_texts()
-            if toasts:
-                page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
-            assert not toasts, f"the page said: {toasts} (screenshot: {tmp_path / 'serve.png'})"
-            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+            shot = _screenshot(page, "serve-upload-brush-telea.png", full_page=True)
+            assert not toasts, f"the page said: {toasts} (screenshot: {shot})"
             sources = page.eval_on_selector_all("#results img", "els => els.map(e => e.src)")
             captions = page.inner_text("#results")
             masked, result = (np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
@@ -716,9 +817,141 @@ def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
         finally:
             browser.close()
     assert "telea" in captions
-    assert (tmp_path / "serve.png").stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
     stroke = (masked != photo).any(-1)  # the painted pixels: blank in the masked input
     assert 200 < stroke.sum() < 256 * 256 // 4, f"the stroke covers {stroke.sum()} pixels"
     assert (masked[stroke] == 0).all()
     assert np.array_equal(result[~stroke], photo[~stroke]), "pixels outside the stroke changed"
     assert not np.array_equal(result[stroke], photo[stroke]) and (result[stroke] > 0).mean() > 0.9
+
+
+ARTIFACTS = REPO / "build/test-artifacts"  # screenshots kept for a person to look at (git-ignored)
+
+
+def _screenshot(page, name: str, full_page: bool = False) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def _checkpoint_from_repo_config(workspace: Path, name: str) -> Path:
+    """checkpoints/<name>/best.pt for configs/<name>.yaml (a pix2pix), untrained weights written by
+    the pipeline's own checkpoint code: a variant "trained" while the server runs."""
+    path = workspace / "checkpoints" / name / "best.pt"
+    variant = load_variant(REPO / "configs" / f"{name}.yaml")
+    typed = p2p.FAMILY.config(variant)
+    torch.manual_seed(0)
+    save_checkpoint(path, {"config": {**variant.to_dict(), "params": typed.params()},
+                           "generator": p2p.FAMILY.build_generator(typed).state_dict()})
+    return path
+
+
+CAPTIONS_SHOWN = """() => [...document.querySelectorAll('#results figure.result')].map(figure => {
+  const caption = figure.querySelector('figcaption'), box = figure.getBoundingClientRect(),
+        text = caption.getBoundingClientRect();
+  return {caption: figure.dataset.caption, text: caption.innerText, boxes: figure.querySelectorAll('.box').length,
+          inside: text.left >= box.left - 0.5 && text.right <= box.right + 0.5 && text.height > 0,
+          cut: caption.scrollWidth > caption.clientWidth + 1 || caption.scrollHeight > caption.clientHeight + 1};
+})"""
+
+
+@pytest.mark.skipif(bool(_browser_missing()), reason=f"browser test needs {_browser_missing()}")
+def test_in_a_browser_every_variant_on_a_validation_and_a_test_image(served_subprocess, workspace):
+    """Issue 18.5 in Chromium: a variant trained after the start appears on reload; a validation
+    image picked from its thumbnail, its own boxes, every variant: the results scroll into view,
+    each caption whole, the boxes outlined, the fed file named, a before/after slider; a failed run
+    (no mask: the message speaks of the brush) marks the results stale; a sample test image shows
+    its truth and box RMSE. Screenshots in build/test-artifacts/serve-*.png."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(served_subprocess + "/", wait_until="load")
+            page.locator("#editor canvas").first.wait_for()
+            assert page.locator("#editor").bounding_box()["height"] >= 550, "the editor's canvas is larger"
+            assert "pix2pix-cpu" not in page.inner_text("#variants")
+            _checkpoint_from_repo_config(workspace, "pix2pix-cpu")
+            page.reload(wait_until="load")
+            page.wait_for_function("document.querySelector('#variants')?.innerText.includes('pix2pix-cpu')")
+            # a validation image from its thumbnail (validation images come first), its own boxes
+            thumbnail = page.locator("#pick button.thumbnail-item").first
+            key = thumbnail.locator("img").get_attribute("alt")
+            assert key.startswith("val/")
+            thumbnail.click()
+            page.wait_for_function("!document.querySelector('#editor').innerText.includes('Upload an image')")
+            page.wait_for_timeout(1000)
+            page.click("#own-boxes")
+            page.wait_for_timeout(1000)
+            for label in page.locator("#variants label").all():
+                if not label.locator("input").is_checked():
+                    label.click()
+            names = page.locator("#variants label").all_inner_texts()
+            assert len(names) >= 5 and "pix2pix-cpu" in names, names
+            page.evaluate("window.scrollTo(0, 0)")
+            page.click("#run")
+            page.wait_for_function(f"document.querySelectorAll('#results figure.result').length >= {len(names) + 2}"
+                                   " && !document.getElementById('results').classList.contains('stale')"
+                                   " || document.querySelector('[data-testid=toast-body]') !== null")
+            toasts = page.locator("[data-testid=toast-body]").all_inner_texts()
+            shot = _screenshot(page, "serve-val-every-variant.png")
+            assert not toasts, f"the page said: {toasts} (screenshot: {shot})"
+            page.wait_for_timeout(500)
+            shot = _screenshot(page, "serve-val-every-variant.png")
+            _screenshot(page, "serve-val-every-variant-full.png", full_page=True)
+            in_view = page.evaluate("() => { const r = document.querySelector('#results figure').getBoundingClientRect();"
+                                    " return r.top >= 0 && r.top < window.innerHeight; }")
+            assert in_view, f"the results were not scrolled into view ({shot})"
+            figures = page.evaluate(CAPTIONS_SHOWN)
+            captions = [f["caption"] for f in figures]
+            assert captions[:2] == ["masked input", "ground truth"] and sorted(captions[2:]) == sorted(names)
+            for figure in figures:
+                assert figure["inside"] and not figure["cut"], (figure, shot)
+                assert figure["boxes"] == 2, (figure, "the image's two boxes outlined")
+            for figure in figures[2:]:
+                assert figure["text"].startswith(figure["caption"]) and "box RMSE 0." in figure["text"], figure
+            assert "the competition's masked copy" in figures[0]["text"] and "Masked_Train/" in figures[0]["text"]
+            assert "the competition's masked copy" in page.inner_text("#status")
+            # before / after: the slider moves the cut, the right-hand picture can be any variant
+            compare = page.locator("#results .compare")
+            compare.scroll_into_view_if_needed()
+            compare.locator("input.cut").fill("20")
+            assert compare.evaluate("e => e.style.getPropertyValue('--cut')") == "20%"
+            compare.locator("select.after").select_option(label="pix2pix-cpu")
+            assert compare.locator("img.after").get_attribute("src").endswith("-pix2pix-cpu.png")
+            assert compare.locator("img.before").get_attribute("src").endswith("-truth.png")
+            _screenshot(page, "serve-before-after.png")
+            # a run that fails (the mask cleared) says what to do and marks the results stale
+            page.click("#clear-mask")
+            page.wait_for_timeout(1000)
+            page.click("#run")
+            page.wait_for_selector("[data-testid=toast-body]", state="visible")
+            toasts = page.locator("[data-testid=toast-body]").all_inner_texts()
+            assert any("with the brush" in t for t in toasts) and not any("PNG" in t or "layer" in t for t in toasts)
+            assert "stale" in page.get_attribute("#results", "class")
+            banner = page.evaluate("getComputedStyle(document.getElementById('status'), '::before').content")
+            assert "Stale: the results below are from an earlier run" in banner
+            page.locator("#status").scroll_into_view_if_needed()
+            page.wait_for_timeout(300)  # the message box slides in
+            _screenshot(page, "serve-error-stale.png")
+            for close in page.locator("[data-testid=toast-close]").all():
+                close.click()
+            # a sample test image: its truth (data/sample-truth) and box RMSE
+            test_thumbnail = page.locator("#pick button.thumbnail-item:has(img[alt^='test/'])").first
+            test_thumbnail.click()
+            page.wait_for_timeout(1000)
+            page.click("#own-boxes")
+            page.wait_for_timeout(1000)
+            page.click("#run")
+            page.wait_for_function("!document.getElementById('results').classList.contains('stale')"
+                                   " || document.querySelector('[data-testid=toast-body]') !== null")
+            page.wait_for_timeout(500)
+            shot = _screenshot(page, "serve-test-image.png")
+            figures = page.evaluate(CAPTIONS_SHOWN)
+            assert [f["caption"] for f in figures[:2]] == ["masked input", "ground truth"], (figures, shot)
+            assert "the test image as given" in figures[0]["text"] and "box RMSE 0." in figures[2]["text"]
+        finally:
+            browser.close()

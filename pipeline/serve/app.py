@@ -9,6 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exception_handlers import http_exception_handler
@@ -18,6 +19,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.config import CONFIG_DIR, DataConfig, VariantConfig, data_config
+from pipeline.files import write_bytes_atomic
 from pipeline.serve import inpaint as core
 
 
@@ -27,12 +29,17 @@ class App:
     test images."""
 
     def __init__(self, configs_dir: Path = CONFIG_DIR, checkpoints_dir: Path = Path("checkpoints"),
-                 data_root: str | Path | None = None, max_pixels: int = core.MAX_PIXELS):
+                 data_root: str | Path | None = None, max_pixels: int = core.MAX_PIXELS,
+                 truth: str | Path | None | type[Ellipsis] = ...):
+        """truth: the folder of the test images' truth; by default the sample's (data/sample-truth)
+        for the sample, none for another data folder (as the pipeline's commands decide)."""
         self.configs_dir = Path(configs_dir)
         self.checkpoints_dir = Path(checkpoints_dir)
         self.data_root = data_root
-        self.data: DataConfig = (data_config({"root": data_root, "truth": None}) if data_root is not None
-                                 else DataConfig())
+        if truth is ...:
+            truth = DataConfig.truth if data_root is None or Path(data_root) == DataConfig.root else None
+        self.data: DataConfig = data_config({"root": data_root if data_root is not None else DataConfig.root,
+                                             "truth": truth})
         self.max_pixels = max_pixels
         self.models = core.Models(self.checkpoints_dir)
         self.outputs = Path(tempfile.mkdtemp(prefix="pipeline-serve-"))  # result PNGs for download
@@ -41,6 +48,7 @@ class App:
         self.variants: list[core.VariantStatus] = []
         self._seen: dict[str, tuple[int, int] | None] | None = None  # the files the variants were checked on
         self._images: dict[str, core.CompetitionImage] | None = None
+        self._thumbnails: list[tuple[str, str]] | None = None
         self.images_error = ""
         self.refresh()
 
@@ -92,13 +100,35 @@ class App:
                 self._images, self.images_error = {}, core.first_lines(exc)
         return self._images
 
+    def thumbnails(self, side: int = 96) -> list[tuple[str, str]]:
+        """(JPEG path, key) of a `side`-pixel thumbnail of every competition image, in images()'s
+        order, written once into the outputs folder (the page picks images from them)."""
+        if self._thumbnails is None:
+            folder = self.outputs / "thumbnails"
+            folder.mkdir(exist_ok=True)
+            thumbnails = []
+            for index, (key, image) in enumerate(self.images().items()):
+                path = folder / f"{index:05d}.jpg"
+                try:
+                    pixels = core.shown_pixels(image)
+                except core.PipelineError:  # a file that cannot be read: listed, without a picture
+                    pixels = np.full((side, side, 3), 200, np.uint8)
+                small = cv2.resize(pixels, (side, side), interpolation=cv2.INTER_AREA)
+                _, encoded = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+                write_bytes_atomic(path, encoded.tobytes())
+                thumbnails.append((str(path), key))
+            self._thumbnails = thumbnails
+        return self._thumbnails
+
     def run(self, name: str, photo: np.ndarray, mask: np.ndarray, label: str | None = None,
-            image_id: str = "upload", truth: np.ndarray | None = None) -> core.Result:
-        """Variant `name` on one photo (uint8 H, W, 3) and mask (bool H, W); a checkpoint that fails to
-        load (corrupted or removed since the start) is a 422 RequestError."""
+            image_id: str = "upload", truth: np.ndarray | None = None,
+            boxes: tuple | None = None) -> core.Result:
+        """Variant `name` on one photo (uint8 H, W, 3) and mask (bool H, W) (`boxes`: the
+        competition's, when the mask is exactly them); a checkpoint that fails to load (corrupted
+        or removed since the start) is a 422 RequestError."""
         variant = self.variant(name)
         try:
-            return core.inpaint(self.models, variant, photo, mask, label, image_id, truth)
+            return core.inpaint(self.models, variant, photo, mask, label, image_id, truth, boxes)
         except core.PipelineError as exc:  # e.g. a checkpoint corrupted or removed since the start
             raise core.RequestError(f"variant {name!r}: {exc}", status=422) from exc
 

@@ -4,7 +4,9 @@ paste the predicted pixels into the mask at the photo's own size.
 
 Images in: any size up to `max_pixels`, any mode PIL reads. An uploaded file's EXIF orientation is
 applied (the photo is used as a browser shows it, and the mask is drawn on that), competition
-images are read as stored, by the pipeline's own reader. Transparent pixels are flattened onto
+images are read as stored, by the pipeline's own reader, and fed as the pipeline's predictions feed
+them (a validation image's masked JPEG copy: `competition_input`), so that a variant's box RMSE on
+the page is the pipeline's for that image. Transparent pixels are flattened onto
 white for the model; the result keeps the photo's alpha. Grayscale photos come back grayscale,
 every other photo RGB (RGBA when it had transparency); 16-bit photos come back 8-bit.
 """
@@ -25,10 +27,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.config import DataConfig, PipelineError, VariantConfig, load_variant, read_yaml
-from pipeline.data.boxes import Box
-from pipeline.data.competition import load_competition, read_image
+from pipeline.data.boxes import Box, box_pixels, boxes_mask
+from pipeline.data.competition import CompetitionError, load_competition, read_image
 from pipeline.inpainters.base import METHODS, InpaintBatch, Inpainter, build_inpainter, composite, preflight
-from pipeline.score import rmse
+from pipeline.score import rmse, truth_path
 
 MAX_PIXELS = 4096 * 4096  # 16.8 megapixels: larger photos are refused (serve --max-pixels)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a file over this is refused before it is decoded
@@ -152,14 +154,18 @@ def mask_from_image(image: Image.Image, size: tuple[int, int], what: str = "mask
     return np.asarray(image.convert("L")) > 127
 
 
-def require_mask(mask: np.ndarray) -> np.ndarray:
-    """`mask` (bool H, W) when it leaves something to fill and something to fill from; else RequestError 400."""
+# how to mark the pixels to fill, in the words of the HTTP route's mask file (the page has its own)
+MASK_FILE_HOW = "white on black, or opaque strokes on a transparent layer"
+
+
+def require_mask(mask: np.ndarray, how: str = MASK_FILE_HOW) -> np.ndarray:
+    """`mask` (bool H, W) when it leaves something to fill and something to fill from; else
+    RequestError 400, saying `how` to mark the pixels to fill."""
     if not mask.any():
-        raise RequestError("the mask is empty: paint over the pixels to fill (white on black, or opaque "
-                           "strokes on a transparent layer), or place boxes")
+        raise RequestError(f"the mask is empty: paint over the pixels to fill ({how}), or place boxes")
     if mask.all():
-        raise RequestError("the mask covers the whole image: no pixel is left to fill from; paint only "
-                           "the pixels to fill (white on black), or place boxes")
+        raise RequestError(f"the mask covers the whole image: no pixel is left to fill from; paint only "
+                           f"the pixels to fill ({how}), or place boxes")
     return mask
 
 
@@ -206,7 +212,14 @@ def place_boxes(width: int, height: int, box_size: int, count: int = 0, corners:
 
 @dataclass(frozen=True)
 class CompetitionImage:
-    """A validation or test image of the competition in use. `key` is what the page lists."""
+    """A validation or test image of the competition in use. `key` is what the page lists.
+
+    path: what the editor shows (a validation image's clean photo, a test image as given);
+    input_path: the file the pipeline's predictions read (a validation image's masked copy,
+    unless data.val_inputs is `clean` or the layout has none; the test image itself);
+    truth_path: the unmasked image, when known (a validation photo; a test image's file under
+    data.truth, as the sample writes it), else None.
+    """
 
     key: str  # "val/<image_id>" or "test/<image_id>"
     split: str
@@ -214,20 +227,76 @@ class CompetitionImage:
     path: Path
     label: str | None
     boxes: tuple[Box, ...]
+    input_path: Path | None = None
+    truth_path: Path | None = None
+
+    @property
+    def fed_path(self) -> Path:
+        return self.input_path or self.path
 
 
 def competition_images(data: DataConfig) -> list[CompetitionImage]:
     """Validation then test images of the competition under data.root (not decoded here)."""
     competition = load_competition(data, check_images=False)
-    return [CompetitionImage(f"{split}/{r.image_id}", split, r.image_id, Path(r.path), r.label, tuple(r.boxes))
-            for split in ("val", "test") for r in competition.split(split)]
+    images = []
+    for split in ("val", "test"):
+        for r in competition.split(split):
+            try:
+                truth = truth_path(competition, r)
+            except CompetitionError:  # no data.truth, or this test image's truth is not there
+                truth = None
+            images.append(CompetitionImage(f"{split}/{r.image_id}", split, r.image_id, Path(r.path), r.label,
+                                           tuple(r.boxes), Path(r.input_path), truth))
+    return images
 
 
-def competition_pixels(image: CompetitionImage) -> tuple[np.ndarray, bool]:
-    """(uint8 (H, W, 3) RGB as stored, whether it is the truth): a validation image is the whole
-    unmasked training photo (its boxes are blanked by the mask; the pipeline's own validation feeds
-    the competition's masked JPEG copy instead); a test image has its boxes blank already."""
-    return read_image(image.path), image.split == "val"
+@dataclass
+class CompetitionInput:
+    """What a run on a competition image feeds and scores against.
+
+    pixels: uint8 (H, W, 3) RGB, the model's input before the mask is blanked; truth: uint8
+    (H, W, 3) or None; boxes: the image's own boxes when the mask is exactly them (then the
+    batch carries them and the RMSE pools their pixels, as the pipeline's scores do), else None;
+    fed: one line saying which file was fed, and why."""
+
+    pixels: np.ndarray
+    truth: np.ndarray | None
+    boxes: tuple[Box, ...] | None
+    fed: str
+
+
+def competition_input(image: CompetitionImage, mask: np.ndarray) -> CompetitionInput:
+    """The input the pipeline feeds for `image` when `mask` (bool H, W) covers the image's own
+    boxes: a validation image's masked JPEG copy, a test image as given. A mask that leaves one
+    of a validation image's boxes unpainted gets the clean photo (the masked copy's blank box
+    would be context); a test image has no clean copy to give."""
+    own = boxes_mask(image.boxes, *mask.shape)
+    covers = bool(own.any()) and not (own & ~mask).any()
+    exact = image.boxes if covers and np.array_equal(own, mask) else None
+    truth = read_image(image.truth_path) if image.truth_path is not None else None
+    fed_path = image.fed_path
+    if image.split == "val" and not covers and fed_path != image.path:
+        fed_path, why = image.path, ("the clean photo: the mask leaves some of the image's own boxes unpainted, "
+                                     "and the competition's masked copy has them blank")
+    elif image.split == "val":
+        why = ("the competition's masked copy, as the pipeline's scores feed it" if fed_path != image.path
+               else "the clean photo, as the pipeline's scores feed it (no masked copy: data.val_inputs or the layout)")
+    else:
+        why = "the test image as given (its own boxes blank), as the pipeline's predictions feed it"
+    return CompetitionInput(read_image(fed_path), truth, exact, f"{fed_path.parent.name}/{fed_path.name}: {why}")
+
+
+def shown_pixels(image: CompetitionImage) -> np.ndarray:
+    """uint8 (H, W, 3) RGB as stored: what the editor shows for `image`."""
+    return read_image(image.path)
+
+
+def box_rmse(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, boxes: tuple[Box, ...] | None) -> float:
+    """RMSE (0..1) of `image` against `truth` (uint8 H, W, 3): over the pixels of `boxes` pooled
+    box by box (the pipeline's per-image score) when given, else over the mask's pixels."""
+    if boxes:
+        return rmse(box_pixels(image, boxes), box_pixels(truth, boxes))
+    return rmse(image[mask], truth[mask])
 
 
 # --- variants: which can run here, and why not ---------------------------------------------
@@ -365,14 +434,15 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def inpaint_at(inpainter: Inpainter, masked: np.ndarray, mask: np.ndarray, size: int | None,
-               label: str | None = None, image_id: str = "upload") -> np.ndarray:
+               label: str | None = None, image_id: str = "upload", boxes: tuple[Box, ...] | None = None) -> np.ndarray:
     """The inpainter's prediction for one masked photo, uint8 (H, W, 3) at the photo's size.
 
     masked: uint8 (H, W, 3) RGB with the mask's pixels blank (0); mask: bool (H, W). With `size`,
     the photo is padded to a square by reflection (keeping its aspect) and resized to size x size;
     the mask is resized with the same footprint, a model pixel being a hole if any photo pixel under
     it is, so no blank pixel reaches the model as context. The prediction is resized back and
-    uncropped; the caller composites it.
+    uncropped; the caller composites it. `boxes`: the competition's boxes that make up the mask,
+    passed to the inpainter as the pipeline does (at the model's size only); else the mask's regions.
     """
     height, width = mask.shape
     if size is None or (height, width) == (size, size):
@@ -386,7 +456,8 @@ def inpaint_at(inpainter: Inpainter, masked: np.ndarray, mask: np.ndarray, size:
         batch_mask = _resize(square_mask.astype(np.float32), size, size) > 0
         batch_image = _resize(square, size, size)
         batch_image[batch_mask] = 0
-    batch = InpaintBatch(batch_image[None], batch_mask[None], [mask_boxes(batch_mask)], [label], [image_id])
+    regions = list(boxes) if boxes and batch_image is masked else mask_boxes(batch_mask)
+    batch = InpaintBatch(batch_image[None], batch_mask[None], [regions], [label], [image_id])
     prediction = np.asarray(inpainter.inpaint(batch))[0]
     if prediction.shape != batch_image.shape or prediction.dtype != np.uint8:
         raise ValueError(f"the inpainter returned {prediction.dtype} {prediction.shape}, expected uint8 {batch_image.shape}")
@@ -406,16 +477,19 @@ class Result:
 
 
 def inpaint(models: Models, variant: VariantConfig, photo: np.ndarray, mask: np.ndarray,
-            label: str | None = None, image_id: str = "upload", truth: np.ndarray | None = None) -> Result:
+            label: str | None = None, image_id: str = "upload", truth: np.ndarray | None = None,
+            boxes: tuple[Box, ...] | None = None) -> Result:
     """`photo` (uint8 H, W, 3) with the `mask` (bool H, W) pixels filled by `variant`; every other
-    pixel is the photo's (the pipeline's `composite`, at the photo's size)."""
+    pixel is the photo's (the pipeline's `composite`, at the photo's size). With `truth`, the
+    RMSE: over `boxes` (the competition's, the mask being exactly them) as the pipeline scores an
+    image, else over the mask's pixels."""
     masked = photo.copy()
     masked[mask] = 0  # the model never sees the pixels it fills
     size = model_input_size(variant)
     prediction, load, seconds = models.run(
-        variant, lambda inpainter: inpaint_at(inpainter, masked, mask, size, label, image_id))
+        variant, lambda inpainter: inpaint_at(inpainter, masked, mask, size, label, image_id, boxes))
     image = composite(masked[None], mask[None], prediction[None])[0]
-    score = rmse(image[mask], truth[mask]) if truth is not None else None
+    score = box_rmse(image, truth, mask, boxes) if truth is not None else None
     return Result(variant.name, image, load, seconds, score)
 
 

@@ -28,7 +28,7 @@ def build_app(app: App | None = None) -> FastAPI:
     """The FastAPI app: the HTTP routes, and the page at /."""
     import gradio as gr  # imported here: `serve` sets OFFLINE_ENV first
 
-    from pipeline.serve.page import build_page
+    from pipeline.serve.page import CSS, build_page
 
     app = app or App()
     api = FastAPI(title="Photo Reconstruction inpainting")
@@ -38,7 +38,7 @@ def build_app(app: App | None = None) -> FastAPI:
     return gr.mount_gradio_app(api, page, path="/", footer_links=["api"], run_history=False, ssr_mode=False,
                                mcp_server=False, enable_monitoring=False, pwa=False,
                                max_file_size=core.MAX_UPLOAD_BYTES, allowed_paths=[str(app.outputs)],
-                               theme=gr.themes.Default())
+                               theme=gr.themes.Default(), css=CSS)
 
 
 def url(host: str, port: int) -> str:
