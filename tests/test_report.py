@@ -54,32 +54,62 @@ def board(baselines, tmp_path, monkeypatch) -> Path:
 
 
 class ReportParser(HTMLParser):
-    """Table cells by table class -> variant -> data-column: (data-value, text); and image sources."""
+    """Table cells by table class -> variant -> data-column: (data-value, text); elements with a
+    data-field inside a cell as "field:<name>" (with "details:<name>" when inside a <details>);
+    a table row's classes under "class"; images (attributes) in page order; text by element class."""
 
     def __init__(self):
         super().__init__()
         self.tables: dict[str, dict[str, dict[str, tuple[str | None, str]]]] = {}
-        self.images: list[str] = []
-        self._table = self._row = self._cell = None
+        self.images: list[dict[str, str]] = []
+        self.texts: dict[str, list[str]] = {}
+        self._table = self._row = self._cell = self._field = None
         self._text: list[str] = []
+        self._field_text: list[str] = []
+        self._details = 0
+        self._classed: list[tuple[str, str, list[str]]] = []  # (tag, class, text) open elements with a class
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        if attrs.get("class") and tag in ("p", "ul", "div", "section", "th"):
+            self._classed.append((tag, attrs["class"], []))
+        if tag == "details":
+            self._details += 1
         if tag == "table":
             self._table = self.tables.setdefault(attrs.get("class", ""), {})
         elif tag == "tr" and "data-variant" in attrs and self._table is not None:
             self._row = self._table.setdefault(attrs["data-variant"], {})
+            self._row["class"] = (None, attrs.get("class") or "")
         elif tag == "td" and self._row is not None and "data-column" in attrs:
             self._cell = (attrs["data-column"], attrs.get("data-value"))
             self._text = []
+        elif "data-field" in attrs and self._cell:
+            self._field = attrs["data-field"]
+            self._field_text = []
         elif tag == "img":
-            self.images.append(attrs["src"])
+            self.images.append(attrs)
 
     def handle_data(self, data):
         if self._cell:
             self._text.append(data)
+        if self._field:
+            self._field_text.append(data)
+        for _, _, text in self._classed:
+            text.append(data)
 
     def handle_endtag(self, tag):
+        if self._classed and self._classed[-1][0] == tag:
+            _, classes, text = self._classed.pop()
+            for name in classes.split():
+                self.texts.setdefault(name, []).append(" ".join("".join(text).split()))
+        if tag == "details":
+            self._details -= 1
+        if self._field and tag in ("code", "dd", "pre"):
+            text = "".join(self._field_text).strip()
+            self._row[f"field:{self._field}"] = (None, text)
+            if self._details:
+                self._row[f"details:{self._field}"] = (None, text)
+            self._field = None
         if tag == "td" and self._cell:
             column, value = self._cell
             self._row[column] = (value, "".join(self._text).strip())
@@ -119,18 +149,37 @@ def test_report_table_equals_the_leaderboard_and_its_images_decode(board):
             else:
                 assert float(value) == float(row[column]), f"{row['variant']} {column}"
                 assert text == fmt.format(float(row[column]))
-        assert cells["config"][1] == {"mean": "mean"}.get(row["method"], f"{row['method']} radius=5.0")
+        # the config is on demand, inside the row's <details>, not a column of its own
+        assert cells["details:config"][1] == {"mean": "mean"}.get(row["method"], f"{row['method']} radius=5.0")
+        assert json.loads(cells["details:config_json"][1]) == json.loads(row["config"])
+        assert "config" not in cells
         assert cells["variant"][1].startswith(row["variant"]) and "baseline" in cells["variant"][1]
         for label, score in json.loads(row["val_rmse_by_class"]).items():
             assert float(parsed.tables["classes"][row["variant"]][f"class:{label}"][0]) == score
+    # only baselines: the best of them is highlighted, and the page says no variant is there to beat it
+    best = rows.iloc[0]
+    assert "best-row" in table[best["variant"]]["class"][1]
+    assert [v for v in table if "best-row" in table[v]["class"][1]] == [best["variant"]]
+    assert parsed.texts["headline"] == [
+        f"Only baselines here; the best is {best['variant']}, validation RMSE {best['val_rmse']:.4f}."]
 
-    # chart, per-class heatmap, gallery: inlined, decodable, the gallery one column per variant + 2
-    assert len(parsed.images) == 3 and all(src.startswith("data:image/png;base64,") for src in parsed.images)
-    chart, heatmap, gallery = (decode_png(base64.b64decode(src.split(",", 1)[1])) for src in parsed.images)
-    assert gallery.shape[1] > 5 * 150 and gallery.shape[0] > 6 * 150
+    # chart and per-class heatmap inlined and decodable; no training curves (nothing trained), said so
+    figures = [image for image in parsed.images if image.get("class") in ("chart", "heatmap", "curves")]
+    assert [image["class"] for image in figures] == ["chart", "heatmap"]
+    chart, heatmap = (decode_png(base64.b64decode(image["src"].split(",", 1)[1])) for image in figures)
+    assert "there are no training curves" in parsed.texts["no-curves"][0]
+    # the gallery: every box of every gallery image, for the input, the truth and each variant, a
+    # 1x crop (box + margin) that the page shows CROP_SCALE times larger, pixelated
+    crops = [image for image in parsed.images if image.get("class") == "box"]
+    side = 75 + 2 * report.CROP_MARGIN
+    assert len(crops) == report.GALLERY_IMAGES * (2 + len(BASELINES)) * 2
+    for crop in crops:
+        assert decode_png(base64.b64decode(crop["src"].split(",", 1)[1])).shape == (side, side, 3)
+        assert (int(crop["width"]), int(crop["height"])) == (side * 3, side * 3) and crop["data-scale"] == "3"
     png = decode_png(written.png.read_bytes())
-    assert png.shape[0] >= chart.shape[0] + heatmap.shape[0] + gallery.shape[0]
-    assert not written.notes
+    # below them the PNG's gallery: a row per picture (input, truth, 3 variants), a column per box
+    assert png.shape[0] >= chart.shape[0] + heatmap.shape[0] + 5 * 150 and png.shape[1] >= 12 * 150
+    assert not written.notes and written.curves == []
 
 
 def test_gallery_shows_the_scored_pixels_of_fixed_images(board):
