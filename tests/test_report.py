@@ -6,14 +6,17 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import shutil
 import sys
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
 import cv2
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 from nbclient import NotebookClient
@@ -221,10 +224,25 @@ def test_missing_predictions_get_a_note_and_training_runs_a_link(board):
     assert "python -m pipeline submit --variant navier-stokes" in written.notes["navier-stokes"]
     assert "other validation images" in written.notes["mean"] and "val_seed 7" in written.notes["mean"]
     text = written.html.read_text()
-    assert 'href="../runs/pix2pix-small"' in text and "tensorboard --logdir runs" in text
+    assert 'href="../runs/pix2pix-small"' in text and "-m tensorboard.main --logdir runs" in text
+    # its run folder holds no event file: no curves, and the curves section says why
+    parsed = parse(written.html)
+    assert written.curves == [] and not any(image.get("class") == "curves" for image in parsed.images)
+    assert parsed.texts["curve-notes"] == ["pix2pix-small: no training curves: runs/pix2pix-small holds no "
+                                           "TensorBoard scalars (no events.out.tfevents file)"]
+    # the best row is highlighted, with its margin over the best baseline in RMSE and percent
+    telea = Leaderboard().latest(["telea"]).iloc[0]["val_rmse"]
+    gain = telea - 0.1
+    assert parsed.texts["headline"] == [f"Best variant: pix2pix-small, validation RMSE 0.1000, {gain:.4f} "
+                                        f"({100 * gain / telea:.1f}%) below the best baseline, telea ({telea:.4f})."]
+    board_table = parsed.tables["board"]
+    assert [v for v in board_table if "best-row" in board_table[v]["class"][1]] == ["pix2pix-small"]
+    assert float(board_table["pix2pix-small"]["gain"][0]) == pytest.approx(gain, abs=1e-12)
+    assert board_table["pix2pix-small"]["gain"][1] == f"+{gain:.4f} (+{100 * gain / telea:.1f}%)"
+    assert board_table["telea"]["gain"][1] == "+0.0000 (+0.0%)" and board_table["mean"]["gain"][1].startswith("-")
     # the template escapes every value: a description shows as text, never as markup
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in text
-    cells = parse(written.html).tables["board"]["pix2pix-small"]
+    cells = board_table["pix2pix-small"]
     assert "baseline" not in cells["variant"][1] and float(cells["kaggle_public_score"][0]) == 0.2
     # the chart marks baselines by method: grey hatched bars, the learned variant in colour
     bars = report.rmse_chart(Leaderboard().latest()).axes[0].patches
@@ -276,3 +294,127 @@ def test_rows_of_another_validation_split_are_listed_apart(board):
                                   data_root=Leaderboard().read().iloc[0]["data"])
     assert "elsewhere" not in written.variants
     assert "elsewhere: scored on other validation splits (data/raw/other), so not ranked here" in written.notes["other splits"]
+
+
+TINY = dict(ngf=8, depth=4, norm="instance", dropout=False, hole_fill="telea", objective="l1",
+            train_batch_size=4, epochs=1, lr=0.001, mixed_precision="no", num_workers=0, max_minutes=0.0,
+            log_every=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained_board(baselines, tmp_path_factory):
+    """The baselines' workspace plus a tiny U-Net trained 4 steps (TensorBoard run in runs/tiny)
+    and submitted like `submit` does, with its run_dir; returns (workspace, training result)."""
+    from pipeline.config import load_variant
+    from pipeline.train import train
+
+    root = tmp_path_factory.mktemp("trained-board")
+    for folder in ("data/predictions", "submissions"):
+        shutil.copytree(baselines / folder, root / folder)
+    # the baselines' competition folder itself: scores compare on one split of one folder
+    (root / "tiny.yaml").write_text(json.dumps({
+        "name": "tiny", "method": "pix2pix", "batch_size": 4, "params": TINY,
+        "data": {"root": str(baselines / "data/sample"), "truth": str(baselines / "data/sample-truth"),
+                 "val_count": 6}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        result = train(load_variant(root / "tiny.yaml"), max_steps=4, progress=False)
+        tiny = load_variant(root / "tiny.yaml")
+        submit_variant(tiny, load_competition(tiny.data), Leaderboard(), run_dir="runs/tiny")
+    return root, result
+
+
+@pytest.fixture
+def trained_copy(trained_board, tmp_path, monkeypatch) -> Path:
+    root, _ = trained_board
+    for folder in ("data/predictions", "submissions", "runs", "checkpoints"):
+        shutil.copytree(root / folder, tmp_path / folder)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_training_curves_come_from_the_runs_tensorboard_scalars(trained_board, trained_copy):
+    _, result = trained_board
+    written = report.build_report(Leaderboard(), trained_copy / "submissions/report.html", images=1,
+                                  progress=False)
+    assert written.curves == ["tiny"]
+    parsed = parse(written.html)
+    (curves,) = [image for image in parsed.images if image.get("class") == "curves"]
+    assert decode_png(base64.b64decode(curves["src"].split(",", 1)[1])).shape[1] >= 1000
+    # what is drawn is what training logged: the validation RMSE it kept best.pt on, the l1 box loss
+    scalars = report.read_scalars("runs/tiny")
+    steps, values = scalars[report.VAL_RMSE_TAG]
+    assert steps[-1] == result.steps and values.min() == pytest.approx(result.best_val_rmse, rel=1e-6)
+    assert report.main_loss_tag(scalars) == "loss/box_l1" and len(scalars["loss/box_l1"][0]) == result.steps
+    baseline = Leaderboard().latest(["telea"]).iloc[0]["val_rmse"]
+    loss_ax, val_ax = report.curves_figure({"tiny": scalars}, baseline).axes
+    (loss_line,) = loss_ax.get_lines()
+    assert loss_line.get_label() == "tiny (loss/box_l1)"
+    assert list(loss_line.get_ydata()) == list(scalars["loss/box_l1"][1])
+    val_line, baseline_line = val_ax.get_lines()
+    assert list(val_line.get_xdata()) == list(steps) and list(val_line.get_ydata()) == list(values)
+    assert list(baseline_line.get_ydata()) == [baseline, baseline]
+    # the row links its run; the table row has the gain of the trained variant like any other
+    cells = parsed.tables["board"]["tiny"]
+    assert cells["details:run_dir"][1] == "runs/tiny"
+    gain = baseline - Leaderboard().latest(["tiny"]).iloc[0]["val_rmse"]
+    assert float(cells["gain"][0]) == pytest.approx(gain, abs=1e-12)
+
+    # the run folder gone (trained on another machine): no curves, a note that says so
+    shutil.rmtree("runs/tiny")
+    written = report.build_report(Leaderboard(), trained_copy / "submissions/report.html", images=0,
+                                  progress=False)
+    parsed = parse(written.html)
+    assert written.curves == [] and not any(image.get("class") == "curves" for image in parsed.images)
+    assert parsed.texts["curve-notes"][0].startswith("tiny: no training curves: its TensorBoard run runs/tiny is "
+                                                     "not here")
+
+
+def test_details_show_training_steps_and_stop_reason_when_the_row_has_them(trained_copy):
+    """Rows written since the leaderboard records training (steps, stop_reason, ...) show them in
+    the row's <details>, summarised in its summary line; older rows without these columns work."""
+    path = Path("submissions/leaderboard.csv")
+    written = report.build_report(Leaderboard(), trained_copy / "submissions/report.html", images=0, progress=False)
+    cells = parse(written.html).tables["board"]["tiny"]
+    assert "details:training" not in cells and "steps" not in cells["details"][1]
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    tiny = table["variant"] == "tiny"
+    extra = {"steps": "4", "epochs": "0.31", "stop_reason": "max_steps", "train_seconds": "75.2", "seed": "0",
+             "git_commit": "0123456789abcdef0123", "git_dirty": "True", "checkpoint_sha256": "ab" * 32}
+    for column, value in extra.items():
+        table[column] = ""
+        table.loc[tiny, column] = value
+    table.to_csv(path, index=False)
+
+    written = report.build_report(Leaderboard(), trained_copy / "submissions/report.html", images=0, progress=False)
+    parsed = parse(written.html)
+    cells = parsed.tables["board"]["tiny"]
+    assert cells["details:training"][1] == "4 steps, 0.31 epochs, stopped: max_steps, 1.3 min"
+    assert cells["details:git commit"][1] == "0123456789ab (uncommitted changes)"
+    assert cells["details:seed"][1] == "0" and cells["details:checkpoint sha256"][1] == "ab" * 6
+    assert cells["details"][1].startswith("config · 4 steps, 0.31 epochs, stopped: max_steps")
+    # a classical row has none of these: its summary is the config alone
+    assert parsed.tables["board"]["telea"]["details"][1].split("\n")[0] == "config"
+    assert "details:training" not in parsed.tables["board"]["telea"]
+
+
+def test_classes_with_too_few_validation_images_are_flagged(board, monkeypatch):
+    competition = load_competition(report.gallery_data(report.select_rows(Leaderboard())), check_images=False)
+    counts = Counter(record.label for record in competition.val)
+    assert min(counts.values()) < 2 <= max(counts.values())  # the small sample: classes of 1 and more images
+    monkeypatch.setattr(report, "MIN_CLASS_IMAGES", 2)
+    written = report.build_report(Leaderboard(), board / "submissions/report.html", images=0, progress=False)
+    text = written.html.read_text()
+    heads = dict(re.findall(r'<th data-class="([^"]+)"( class="few")?>', text))
+    assert set(heads) == set(counts)
+    for label, count in counts.items():
+        assert (heads[label] == ' class="few"') == (count < 2), label
+    parsed = parse(written.html)
+    assert "fewer than 2 validation images is shaded and marked \"too few to rank\"" in parsed.texts["few-note"][0]
+    assert text.count("too few to rank</span>") == sum(count < 2 for count in counts.values())
+    # a flagged class's cells are shaded and never mark a best: one photo decides it
+    cells = re.findall(r'<td class="num([^"]*)" data-column="class:([^"]+)"', text)
+    assert len(cells) == len(counts) * len(BASELINES)
+    assert all(("few" in classes) == (counts[label] < 2) for classes, label in cells)
+    assert all("best" not in classes for classes, label in cells if counts[label] < 2)
+    assert any("best" in classes for classes, label in cells if counts[label] >= 2)
