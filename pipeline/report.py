@@ -350,7 +350,9 @@ def training_curves(rows: pd.DataFrame) -> tuple[dict[str, dict], dict[str, str]
             continue
         scalars = read_scalars(run_dir)
         if not scalars:
-            notes[name] = f"{run_dir} holds no TensorBoard scalars (no events.out.tfevents file)"
+            notes[name] = (f"{run_dir} holds no TensorBoard scalars ("
+                           + ("its event files hold none: damaged, or training stopped before its first log)"
+                              if any(Path(run_dir).glob("*tfevents*")) else "no events.out.tfevents file)"))
             continue
         curves[name] = scalars
     return curves, notes
@@ -625,6 +627,9 @@ def headline(rows: pd.DataFrame) -> str:
         return (f"Best variant: {learned['variant']}, validation RMSE {learned['val_rmse']:.4f}, "
                 f"{learned['gain']:.4f} ({learned['gain_pct']:.1f}%) below the best baseline, "
                 f"{base['variant']} ({base['val_rmse']:.4f}).")
+    if learned["gain"] == 0:
+        return (f"No variant beats the best baseline: {learned['variant']} ties {base['variant']}, validation "
+                f"RMSE {base['val_rmse']:.4f}.")
     return (f"No variant beats the best baseline: {base['variant']} is best, validation RMSE "
             f"{base['val_rmse']:.4f}; the closest variant, {learned['variant']} ({learned['val_rmse']:.4f}), "
             f"is {-learned['gain']:.4f} ({-learned['gain_pct']:.1f}%) above it.")

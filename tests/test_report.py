@@ -418,3 +418,31 @@ def test_classes_with_too_few_validation_images_are_flagged(board, monkeypatch):
     assert all(("few" in classes) == (counts[label] < 2) for classes, label in cells)
     assert all("best" not in classes for classes, label in cells if counts[label] < 2)
     assert any("best" in classes for classes, label in cells if counts[label] >= 2)
+
+
+def test_headline_names_the_best_and_its_margin_or_that_no_variant_beats_the_baselines():
+    def rows(*entries):
+        return pd.DataFrame([{"variant": v, "method": m, "val_rmse": r} for v, m, r in entries])
+
+    assert report.headline(rows(("telea", "telea", 0.15), ("unet", "pix2pix", 0.12), ("mean", "mean", 0.2))) == (
+        "Best variant: unet, validation RMSE 0.1200, 0.0300 (20.0%) below the best baseline, telea (0.1500).")
+    assert report.headline(rows(("telea", "telea", 0.15), ("unet", "pix2pix", 0.18))) == (
+        "No variant beats the best baseline: telea is best, validation RMSE 0.1500; the closest variant, "
+        "unet (0.1800), is 0.0300 (20.0%) above it.")
+    assert report.headline(rows(("telea", "telea", 0.15), ("unet", "pix2pix", 0.15))) == (
+        "No variant beats the best baseline: unet ties telea, validation RMSE 0.1500.")
+    assert report.headline(rows(("unet", "pix2pix", 0.12))).startswith(
+        "Best: unet, validation RMSE 0.1200. No baseline was scored on these images")
+    assert report.headline(rows(("unet", "pix2pix", float("nan")))) == ""
+
+
+def test_a_damaged_or_empty_run_folder_gets_a_note_not_a_crash(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged/events.out.tfevents.1.host.1.0").write_bytes(b"\x00not a record" * 20)
+    rows = pd.DataFrame([{"variant": name, "run_dir": str(tmp_path / name)} for name in ("empty", "damaged", "gone")]
+                        + [{"variant": "telea", "run_dir": None}])
+    curves, notes = report.training_curves(rows)
+    assert curves == {} and set(notes) == {"empty", "damaged", "gone"}
+    assert "no events.out.tfevents file" in notes["empty"] and "damaged" in notes["damaged"]
+    assert "is not here" in notes["gone"] and report.curves_figure(curves) is None
