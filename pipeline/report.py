@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 from tqdm import tqdm
 
 from pipeline.config import ConfigError, DataConfig, data_config, variant_from_dict

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -446,3 +447,40 @@ def test_a_damaged_or_empty_run_folder_gets_a_note_not_a_crash(tmp_path):
     assert curves == {} and set(notes) == {"empty", "damaged", "gone"}
     assert "no events.out.tfevents file" in notes["empty"] and "damaged" in notes["damaged"]
     assert "is not here" in notes["gone"] and report.curves_figure(curves) is None
+
+
+def test_make_tensorboard_serves_the_runs_scalars_from_the_projects_environment(trained_copy):
+    """`make tensorboard` starts TensorBoard with the project's Python (it is not on PATH outside
+    .venv), on LOGDIR / PORT / HOST; the server it starts lists the trained run's scalars."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logdir = trained_copy / "runs"
+    # -o: never (re)make setup here, even when requirements.txt is newer than .venv (no pip install in a test)
+    make = ["make", "-o", "setup", "-o", ".venv/.installed"]
+    dry = subprocess.run(make + ["-n", "tensorboard", f"LOGDIR={logdir}", f"PORT={port}", "HOST=127.0.0.1"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    assert dry == f".venv/bin/python -m tensorboard.main --logdir {logdir} --port {port} --host 127.0.0.1"
+    server = subprocess.Popen(dry.split(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, tags = time.monotonic() + 90, {}
+        while time.monotonic() < deadline and "tiny" not in tags:
+            assert server.poll() is None, server.stderr.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as answer:
+                    tags = json.loads(answer.read())
+            except OSError:
+                time.sleep(1)
+        assert {"val/rmse", "loss/box_l1"} <= set(tags.get("tiny", {})), tags
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # no runs folder: the target says what to do instead of starting an empty TensorBoard
+    missing = subprocess.run(make + ["-s", "tensorboard", f"LOGDIR={trained_copy / 'nope'}"], cwd=REPO,
+                             capture_output=True, text=True, env={**os.environ, "MAKEFLAGS": ""})
+    assert missing.returncode == 2 and "train a variant first" in missing.stdout
