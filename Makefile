@@ -28,7 +28,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare sd train serve chromium blend duplicates floors gpu-check
+.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare tensorboard sd train serve chromium blend duplicates floors gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -71,8 +71,14 @@ score: setup ## score VARIANT on the validation split, or CSV=<file> against the
 leaderboard: setup ## print the leaderboard, ranked per validation split (ALL=1: every submission; DATA= ranks on that split)
 	$(RUN) leaderboard $(if $(ALL),--all,) $(DATA_ARG)
 
-compare: setup ## write submissions/report.html + .png: table, RMSE chart, per class, gallery (VARIANTS=a,b)
+compare: setup ## write submissions/report.html + .png: table, RMSE chart, training curves, per class, gallery (VARIANTS=a,b)
 	$(RUN) compare $(if $(VARIANTS),--variants $(VARIANTS),) $(DATA_ARG)
+
+# TensorBoard lives in .venv, not on PATH: started from the project's Python. LOGDIR=runs/<variant> for one run
+LOGDIR ?= runs
+tensorboard: setup ## browse the training runs' TensorBoard logs (LOGDIR=runs, PORT=6006, HOST=127.0.0.1)
+	@test -d "$(LOGDIR)" || { echo "no $(LOGDIR)/ here: train a variant first (make train), or give LOGDIR=<folder of runs>"; exit 2; }
+	$(PY) -m tensorboard.main --logdir $(LOGDIR) --port $(if $(PORT),$(PORT),6006) --host $(if $(HOST),$(HOST),127.0.0.1)
 
 blend: setup ## fit weights of VARIANTS=a,b,c on validation (PER_CHANNEL=1: per colour), submit the blend (NAME=...)
 	@test -n "$(VARIANTS)" || { echo "usage: make blend VARIANTS=a,b[,c...] [NAME=<blend name>] [PER_CHANNEL=1] [DATA=<folder>]"; exit 2; }
