@@ -117,26 +117,53 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def locked(path: Path, doing: str) -> Iterator[None]:
-    """Hold the file lock `path` (a filelock.FileLock; its folder is created) for the block.
+    """Hold the lock file `path` (an flock on it; its folder is created) for the block, and leave
+    no file behind.
 
     The holder writes who it is into the lock file ("pid 123 (python -m pipeline submit ...,
     since 12:00:00)"); a process that has to wait first prints `waiting: <holder> is <doing>` on
-    stderr. The lock file stays when released (filelock keeps it, so waiters share one inode).
+    stderr. On release the holder removes the file while it still holds it, then unlocks; a
+    waiter that then gets the lock on that removed file finds the path gone or naming another
+    file, and starts again on the path as it is now, so at most one process holds the lock on
+    the file the path names.
     """
-    from filelock import FileLock, Timeout
+    import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, on_acquired=_write_holder)
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    print(f"waiting: {_holder(path)} is {doing}", file=sys.stderr, flush=True)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _names(path, fd):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder before removed this file: lock the one the path names now
     try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        print(f"waiting: {_holder(path)} is {doing}", file=sys.stderr, flush=True)
-        lock.acquire()
-    try:
+        _write_holder(fd)
         yield
     finally:
-        lock.release()
+        path.unlink(missing_ok=True)  # while still held: see the docstring
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _write_holder(fd: int) -> None:
