@@ -95,14 +95,42 @@ def replace_folder(staging: Path, final: Path) -> None:
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete the temporary files of `path` left by processes that no longer run (a kill -9)."""
     path = Path(path)
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        match = _TMP.match(tmp.name)
-        if not match or match.group("name") != path.name or _alive(int(match.group("pid"))):
-            continue
+    removed = [tmp for tmp in stale_temporaries(path.parent) if _TMP.match(tmp.name).group("name") == path.name]
+    for tmp in removed:
         tmp.unlink(missing_ok=True)
-        removed.append(tmp)
     return removed
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """The temporary files in `folder` (`.<name>.<pid>.tmp`) whose process no longer runs."""
+    found = []
+    for tmp in sorted(Path(folder).glob(".*.tmp")):
+        match = _TMP.match(tmp.name)
+        if match and not _alive(int(match.group("pid"))):
+            found.append(tmp)
+    return found
+
+
+def remove_unheld_lock(path: Path) -> bool:
+    """Remove the lock file `path` when no process holds it (one an earlier version of `locked`
+    left behind); False when one does, or it is gone. Removed under its lock, as `locked` does."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if not _names(Path(path), fd):
+            return False
+        Path(path).unlink()
+        return True
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
