@@ -111,6 +111,23 @@ def stale_temporaries(folder: Path) -> list[Path]:
     return found
 
 
+def lock_is_held(path: Path) -> bool:
+    """Whether some process holds the lock file `path` now (False when it is gone)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the flock taken to look
+
+
 def remove_unheld_lock(path: Path) -> bool:
     """Remove the lock file `path` when no process holds it (one an earlier version of `locked`
     left behind); False when one does, or it is gone. Removed under its lock, as `locked` does."""

@@ -5,8 +5,8 @@
 
 Kept, never touched: the CSV the newest row of each variant names (what `kaggle-submit` uploads)
 and every CSV whose checksum a row records as uploaded to Kaggle (kaggle_ref set). Files no
-leaderboard row names (the leaderboard itself, the duplicates page, a person's own files) are not
-looked at. A removed CSV's rows stay on the leaderboard with their scores: nothing reads the file
+leaderboard row names (the leaderboard itself, the duplicates page, a person's own files), and
+files outside the leaderboard's folder, are not looked at; nor is a lock file a process holds. A removed CSV's rows stay on the leaderboard with their scores: nothing reads the file
 again except an upload, and only the latest is uploaded. Deleted rather than compressed: a pruned
 CSV is not needed for anything, and `submit` writes it again from the checkpoint if it ever is.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.files import locked, remove_unheld_lock, stale_temporaries
+from pipeline.files import lock_is_held, locked, remove_unheld_lock, stale_temporaries
 from pipeline.leaderboard import Leaderboard, file_sha256
 
 # where the pipeline's lock files live (older versions left them behind)
@@ -65,7 +65,8 @@ def plan_prune(leaderboard: Leaderboard, lock_folders=LOCK_FOLDERS) -> PrunePlan
     for folder in sorted(f for f in folders if f.is_dir()):
         pattern = "**/.lock" if folder == Path("data/predictions") else ".*.lock"
         for lock in sorted(folder.glob(pattern)):
-            plan.remove.append(Entry(lock, _size(lock), "lock file left behind (removed only if no process holds it)"))
+            if not lock_is_held(lock):  # a held one is a run going on now
+                plan.remove.append(Entry(lock, _size(lock), "lock file an earlier version left behind"))
     return plan
 
 
@@ -141,9 +142,12 @@ def _uploaded(table: pd.DataFrame) -> dict[str, str]:
 
 
 def _named_files(table: pd.DataFrame, leaderboard: Leaderboard) -> list[Path]:
-    """The CSVs leaderboard rows name that are on disk, each once (never the leaderboard)."""
+    """The CSVs leaderboard rows name that are on disk in the leaderboard's folder, each once
+    (never the leaderboard itself)."""
+    folder = leaderboard.path.parent.resolve()
     paths = dict.fromkeys(p for p in table["submission"].map(_resolve) if p is not None)
-    return [p for p in paths if p.is_file() and p.resolve() != leaderboard.path.resolve()]
+    return [p for p in paths if p.is_file() and p.resolve().parent == folder
+            and p.resolve() != leaderboard.path.resolve()]
 
 
 def _size(path: Path) -> int:

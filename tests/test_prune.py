@@ -33,9 +33,10 @@ def _row(board: Leaderboard, variant: str, path: str, sha: str, **fields) -> Non
 def submissions(tmp_path, monkeypatch):
     """A leaderboard whose rows name: telea.csv (telea's latest), old-telea.csv (an older telea
     CSV), uploaded.csv (older, uploaded to Kaggle), pix.csv (pix's latest), plus a file no row
-    names, a stale temporary and a lock file an older version left."""
+    names, one outside submissions/, a stale temporary and a lock file an older version left."""
     monkeypatch.chdir(tmp_path)
     board = Leaderboard()
+    _row(board, "telea", *_csv("elsewhere/telea.csv", b"x" * MB))  # an older telea CSV, but not in submissions/
     old = _csv("submissions/old-telea.csv", b"a" * (2 * MB))
     up = _csv("submissions/uploaded.csv", b"b" * MB)
     _row(board, "telea", *old)
@@ -78,7 +79,8 @@ def test_apply_keeps_the_latest_and_the_uploaded_and_removes_the_rest(submission
     assert sorted(p.name for p in Path("submissions").iterdir()) == [
         "leaderboard.csv", "notes.csv", "pix.csv", "telea.csv", "uploaded.csv"]
     table = submissions.read()
-    assert len(table) == 4 and table["submission"].iloc[0] == "submissions/old-telea.csv"  # the rows stay
+    assert len(table) == 5 and table["submission"].iloc[1] == "submissions/old-telea.csv"  # the rows stay
+    assert Path("elsewhere/telea.csv").exists()
     assert cli(["leaderboard", "--all"]) == 0  # and read as before
     assert cli(["prune"]) == 0
     assert capsys.readouterr().out.splitlines()[-4].startswith("nothing to prune")
@@ -88,6 +90,7 @@ def test_a_held_lock_file_and_a_csv_made_latest_since_the_listing_stay(submissio
     plan = plan_prune(submissions)
     holder = os.open("submissions/.pix.csv.lock", os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)  # a submit of pix running now
+    assert "submissions/.pix.csv.lock" not in _names(plan_prune(submissions).remove)  # not listed while held
     _row(submissions, "old", "submissions/old-telea.csv", hashlib.sha256(b"a" * (2 * MB)).hexdigest())
     try:
         removed = apply_prune(plan, submissions)
