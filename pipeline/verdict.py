@@ -17,6 +17,8 @@ from pipeline.leaderboard import Leaderboard, gains_over_baseline, is_baseline
 from pipeline.next_step import NextStep
 
 TELEA = "telea"  # the method whose row every gain is measured from
+# the methods whose predictions come from a neural network (trained here, or pretrained)
+LEARNED = frozenset({"pix2pix", "pconv", "glcic", "torchscript", "sd"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Ranked:
     gain_over_baseline: float
     gain_over_baseline_pct: float
     baseline: bool
+    learned: bool
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Verdict:
 
     @property
     def best_learned(self) -> Ranked | None:
-        return next((r for r in self.ranking if not r.baseline), None)
+        return next((r for r in self.ranking if r.learned), None)
 
 
 def verdict(leaderboard: Leaderboard, split: str | None = None) -> Verdict:
@@ -75,7 +78,7 @@ def verdict(leaderboard: Leaderboard, split: str | None = None) -> Verdict:
                       gain_over_telea=telea_rmse - float(row["val_rmse"]),
                       gain_over_telea_pct=100.0 * (telea_rmse - float(row["val_rmse"])) / telea_rmse,
                       gain_over_baseline=float(row["gain"]), gain_over_baseline_pct=float(row["gain_pct"]),
-                      baseline=is_baseline(row["method"]))
+                      baseline=is_baseline(row["method"]), learned=row["method"] in LEARNED)
                for _, row in table.iterrows()]
     telea_name = str((named if len(named) else telea_rows)["variant"].iloc[0])
     telea = next(r for r in ranking if r.variant == telea_name)
@@ -90,7 +93,7 @@ def _next_steps(winner: Ranked, data: list[str]) -> list[tuple[NextStep, str]]:
     return [
         (NextStep("compare", {}), "the report: table, RMSE chart, per class, gallery side by side"),
         (NextStep("serve", {}), "brush a mask on your own photo and inpaint it with each variant"),
-        (NextStep("data", {"competition": "<slug>"}), "the real competition (Kaggle credentials needed)"),
+        (NextStep("data", {"competition": "<slug>"}), "the real competition (needs your Kaggle API token)"),
         (NextStep("submit", {"variant": winner.variant, "data": real}), "the winner on it"),
         (NextStep("kaggle-submit", {"variant": winner.variant, "competition": "<slug>", "data": real}),
          "upload its CSV once it validates"),
@@ -109,7 +112,7 @@ def format_verdict(result: Verdict) -> str:
                      f"{telea.val_rmse:.4f}")
     learned = result.best_learned
     if learned is not None and learned.variant != winner.variant:
-        lines.append(f"  best learned variant: {learned.variant} ({learned.method}), RMSE {learned.val_rmse:.4f}, "
+        lines.append(f"  best learned model: {learned.variant} ({learned.method}), RMSE {learned.val_rmse:.4f}, "
                      f"{_gain(learned)} Telea's")
     if result.best_baseline.variant != telea.variant:
         best = result.best_baseline
@@ -123,7 +126,9 @@ def format_verdict(result: Verdict) -> str:
         lines.append(f"  {r.variant:{width}s}  {r.val_rmse:8.4f}  {vs}")
     lines.append("")
     lines.append("next:")
-    lines += [f"  {step}  ({what})" for step, what in result.next_steps]
+    steps = [(str(step), what) for step, what in result.next_steps]
+    width = min(max(len(text) for text, _ in steps), 40)
+    lines += [f"  {text:{width}s}  # {what}" for text, what in steps]
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ def board(tmp_path, monkeypatch):
 
 def test_the_winner_and_its_gain_over_telea_on_the_newest_split(board):
     result = verdict(board)
+    assert result.best_learned == result.winner
     assert result.winner.variant == "pix2pix-cpu" and result.winner.val_rmse == pytest.approx(0.08)  # its latest row
     assert result.winner.gain_over_telea == pytest.approx(0.02)
     assert result.winner.gain_over_telea_pct == pytest.approx(20.0)
@@ -47,10 +48,17 @@ def test_the_verdict_reads_as_make_commands_under_the_makefile(board, capsys, mo
     for step in ("make compare", "make serve", "make data COMPETITION=<slug>",
                  "make submit VARIANT=pix2pix-cpu DATA=data/raw/<slug>",
                  "make kaggle-submit VARIANT=pix2pix-cpu COMPETITION=<slug> DATA=data/raw/<slug>"):
-        assert f"\n  {step}  (" in out, step
+        assert any(line.startswith(f"  {step} ") and "  # " in line for line in out.splitlines()), step
     monkeypatch.delenv("PIPELINE_VIA")
     assert cli(["verdict"]) == 0
     assert "\n  python -m pipeline compare " in capsys.readouterr().out
+
+
+def test_when_the_winner_is_no_network_the_best_learned_model_is_named_too(board):
+    _rows(board, [("nearest", "nearest", 0.07)])  # copies of training photos: the sample's winner
+    text = format_verdict(verdict(board))
+    assert "nearest wins: validation RMSE 0.0700, 0.0300 (30.0%) below Telea's 0.1000" in text
+    assert "best learned model: pix2pix-cpu (pix2pix), RMSE 0.0800, 0.0200 (20.0%) below Telea's" in text
 
 
 def test_when_telea_wins_or_another_baseline_beats_it_the_verdict_says_so(tmp_path, monkeypatch):
@@ -59,7 +67,7 @@ def test_when_telea_wins_or_another_baseline_beats_it_the_verdict_says_so(tmp_pa
     _rows(board, [("telea", "telea", 0.10), ("navier-stokes", "navier-stokes", 0.095), ("pix", "pix2pix", 0.12)])
     text = format_verdict(verdict(board))
     assert "navier-stokes wins: validation RMSE 0.0950, 0.0050 (5.0%) below Telea's 0.1000" in text
-    assert "best learned variant: pix (pix2pix), RMSE 0.1200, 0.0200 (20.0%) above Telea's" in text
+    assert "best learned model: pix (pix2pix), RMSE 0.1200, 0.0200 (20.0%) above Telea's" in text
     assert "best classical baseline: navier-stokes (0.0950), not Telea" in text
     _rows(board, [("navier-stokes", "navier-stokes", 0.2)])
     assert "Telea wins: validation RMSE 0.1000; no other variant beat it" in format_verdict(verdict(board))
