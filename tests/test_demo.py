@@ -15,12 +15,13 @@ from pipeline.config import load_variant
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _demo_commands() -> list[str]:
-    """The `python -m pipeline ...` commands `make demo` runs, as `make -n` prints them (nothing runs)."""
+def _demo_commands(*goal: str) -> list[str]:
+    """The `python -m pipeline ...` commands `make <goal>` (demo) runs, as `make -n` prints them
+    (nothing runs)."""
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
-    out = subprocess.run(["make", "-n", "-s", "demo", "-o", ".venv/.installed"], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(["make", "-n", "-s", *(goal or ["demo"]), "-o", ".venv/.installed"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
     return [line.split(" -m pipeline ", 1)[1].strip() for line in out.splitlines() if " -m pipeline " in line]
 
 
@@ -49,3 +50,9 @@ def test_the_demos_max_minutes_override_reaches_the_trainer(monkeypatch):
     monkeypatch.setattr(pipeline.train, "train", stand_in)
     assert cli(["train", "--variant", "pix2pix-cpu", "--restart", "--param", "max_minutes=0"]) == 2
     assert seen["max_minutes"] == 0 and seen["epochs"] == 24
+
+
+def test_prune_lists_unless_told_to_apply():
+    assert _demo_commands("prune") == ["prune"]
+    assert _demo_commands("prune", "APPLY=1") == ["prune --apply"]
+    assert _demo_commands("verdict", "DATA=data/raw/x") == ["verdict --data data/raw/x"]
