@@ -1,6 +1,7 @@
 """`prune`: each variant's latest CSV and every CSV uploaded to Kaggle stay; older CSVs, the
 temporaries of stopped processes and unheld lock files go, only with --apply; `submit` keeps an
-uploaded CSV when it writes the variant's anew; an upload of a CSV no longer on disk says so."""
+uploaded CSV when it writes the variant's anew; with a row's CSV gone the leaderboard and the
+report still work, and an upload of it says what happened."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from pipeline.cli import main as cli
@@ -121,6 +121,7 @@ def test_submit_keeps_an_uploaded_csv_when_it_writes_the_variants_anew(workspace
 def test_uploading_a_csv_no_longer_on_disk_says_so(workspace, capsys, monkeypatch):
     assert cli(["submit", "--variant", "telea"]) == 0
     Path("submissions/telea.csv").unlink()
+    assert cli(["compare"]) == 0 and cli(["leaderboard"]) == 0  # they read the rows, not the CSVs
     monkeypatch.setenv("PIPELINE_VIA", "make")
     assert cli(["kaggle-submit", "--variant", "telea", "--competition", "photo-reconstruction"]) == 2
     err = capsys.readouterr().err
