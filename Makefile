@@ -28,7 +28,7 @@ GPUS ?= 1
 SD_RUN := $(if $(filter-out 1,$(GPUS)),PIPELINE_VIA=make PYTHONWARNINGS=ignore::FutureWarning $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m pipeline,$(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample data weights predict submit validate score leaderboard kaggle-submit kaggle-scores demo test compare tensorboard sd train serve chromium blend duplicates floors gpu-check
+.PHONY: help setup sample data weights predict submit validate score leaderboard verdict prune kaggle-submit kaggle-scores demo test compare tensorboard sd train serve chromium blend duplicates floors gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -101,13 +101,22 @@ kaggle-scores: setup ## pull COMPETITION's public scores into the leaderboard
 	@test -n "$(COMPETITION)" || { echo "usage: make kaggle-scores COMPETITION=<slug>"; exit 2; }
 	$(RUN) kaggle-scores --competition $(COMPETITION)
 
-demo: sample ## offline, end to end: sample, baselines, duplicates + nearest, pix2pix training, submissions, scores, leaderboard
+verdict: setup ## which variant won on the validation split, by how much over Telea, and what to run next
+	$(RUN) verdict $(DATA_ARG)
+
+prune: setup ## list the submission CSVs no one needs (not a variant's latest, never uploaded); APPLY=1 deletes them
+	$(RUN) prune $(if $(APPLY),--apply,)
+
+# demo: the training budget is in steps (the config's epochs: 888 steps on the sample), never in
+# minutes (max_minutes=0), so a busy machine takes longer but ends with the same weights and verdict
+demo: sample ## offline, end to end: baselines, duplicates + nearest, pix2pix training, submissions, leaderboard, verdict
 	@for v in $(BASELINES); do $(RUN) submit --variant $$v || exit 1; done
 	$(RUN) duplicates
 	$(RUN) submit --variant nearest
-	$(RUN) train --variant pix2pix-cpu --restart
+	$(RUN) train --variant pix2pix-cpu --restart --param max_minutes=0
 	$(RUN) submit --variant pix2pix-cpu
 	$(RUN) leaderboard
+	$(RUN) verdict
 
 test: setup chromium ## run the test suite
 	$(PY) -m pytest -q --durations=10 tests

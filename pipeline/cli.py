@@ -27,7 +27,7 @@ MAKE_VARIABLES = {
     "variant": "VARIANT", "data": "DATA", "channels": "CHANNELS", "csv": "CSV", "resume": "RESUME",
     "restart": "RESTART", "epochs": "EPOCHS", "max_steps": "MAX_STEPS", "variants": "VARIANTS",
     "competition": "COMPETITION", "sweep": "SWEEP", "only": "ONLY", "all": "ALL", "force": "FORCE",
-    "host": "HOST", "port": "PORT", "name": "NAME",
+    "host": "HOST", "port": "PORT", "name": "NAME", "apply": "APPLY",
 }
 
 
@@ -262,6 +262,26 @@ def cmd_leaderboard(args) -> None:
     print(Leaderboard().format(all_rows=args.all, split=split))
 
 
+def cmd_verdict(args) -> None:
+    from pipeline.verdict import format_verdict, verdict
+
+    split = None
+    if args.data:
+        from pipeline.score import split_fingerprint
+
+        split = split_fingerprint(load_competition(_data_config(args), check_images=False), "val")
+    print(format_verdict(verdict(Leaderboard(), split=split)))
+
+
+def cmd_prune(args) -> None:
+    from pipeline.prune import apply_prune, format_plan, plan_prune
+
+    leaderboard = Leaderboard()
+    plan = plan_prune(leaderboard)
+    applied = apply_prune(plan, leaderboard) if args.apply else None
+    print(format_plan(plan, applied, apply_step=NextStep("prune", {"apply": True})))
+
+
 def cmd_compare(args) -> None:
     from pipeline.report import build_report
 
@@ -370,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the scores as JSON")
     p = add("leaderboard", cmd_leaderboard, "print the leaderboard (latest row per variant, ranked per validation split)")
     p.add_argument("--all", action="store_true", help="every recorded submission")
+    add("verdict", cmd_verdict, "which variant won on the validation split, by how much over Telea, and the next steps")
+    p = add("prune", cmd_prune, "list the submission CSVs no one needs (not a variant's latest, never uploaded to "
+            "Kaggle), stopped processes' temporaries and unheld lock files; --apply deletes them", data=False)
+    p.add_argument("--apply", action="store_true", help="delete them (default: only list them and what is kept)")
     p = add("kaggle-submit", cmd_kaggle_submit, "upload a variant's CSV to Kaggle", variant=True)
     p.add_argument("--competition", required=True)
     p = add("kaggle-scores", cmd_kaggle_scores, "pull Kaggle public scores into the leaderboard", data=False)

@@ -95,14 +95,59 @@ def replace_folder(staging: Path, final: Path) -> None:
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete the temporary files of `path` left by processes that no longer run (a kill -9)."""
     path = Path(path)
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        match = _TMP.match(tmp.name)
-        if not match or match.group("name") != path.name or _alive(int(match.group("pid"))):
-            continue
+    removed = [tmp for tmp in stale_temporaries(path.parent) if _TMP.match(tmp.name).group("name") == path.name]
+    for tmp in removed:
         tmp.unlink(missing_ok=True)
-        removed.append(tmp)
     return removed
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """The temporary files in `folder` (`.<name>.<pid>.tmp`) whose process no longer runs."""
+    found = []
+    for tmp in sorted(Path(folder).glob(".*.tmp")):
+        match = _TMP.match(tmp.name)
+        if match and not _alive(int(match.group("pid"))):
+            found.append(tmp)
+    return found
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether some process holds the lock file `path` now (False when it is gone)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the flock taken to look
+
+
+def remove_unheld_lock(path: Path) -> bool:
+    """Remove the lock file `path` when no process holds it (one an earlier version of `locked`
+    left behind); False when one does, or it is gone. Removed under its lock, as `locked` does."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if not _names(Path(path), fd):
+            return False
+        Path(path).unlink()
+        return True
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -117,26 +162,53 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def locked(path: Path, doing: str) -> Iterator[None]:
-    """Hold the file lock `path` (a filelock.FileLock; its folder is created) for the block.
+    """Hold the lock file `path` (an flock on it; its folder is created) for the block, and leave
+    no file behind.
 
     The holder writes who it is into the lock file ("pid 123 (python -m pipeline submit ...,
     since 12:00:00)"); a process that has to wait first prints `waiting: <holder> is <doing>` on
-    stderr. The lock file stays when released (filelock keeps it, so waiters share one inode).
+    stderr. On release the holder removes the file while it still holds it, then unlocks; a
+    waiter that then gets the lock on that removed file finds the path gone or naming another
+    file, and starts again on the path as it is now, so at most one process holds the lock on
+    the file the path names.
     """
-    from filelock import FileLock, Timeout
+    import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, on_acquired=_write_holder)
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    print(f"waiting: {_holder(path)} is {doing}", file=sys.stderr, flush=True)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _names(path, fd):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder before removed this file: lock the one the path names now
     try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        print(f"waiting: {_holder(path)} is {doing}", file=sys.stderr, flush=True)
-        lock.acquire()
-    try:
+        _write_holder(fd)
         yield
     finally:
-        lock.release()
+        path.unlink(missing_ok=True)  # while still held: see the docstring
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _write_holder(fd: int) -> None:

@@ -182,6 +182,22 @@ class Leaderboard:
             self._write(table, len(table))
             return True
 
+    def uploaded_ref(self, sha256: str) -> str | None:
+        """The Kaggle ref of a row whose CSV has this checksum, None if none was uploaded."""
+        table = self.read()
+        rows = table[(table["sha256"] == sha256) & table["kaggle_ref"].notna()]
+        return None if rows.empty else str(rows["kaggle_ref"].iloc[-1])
+
+    def repoint(self, sha256: str, path: Path) -> int:
+        """Name `path` as the CSV of the rows whose CSV has this checksum (it was kept under
+        another name); the number of rows changed."""
+        with self._locked():
+            table = self.read()
+            rows = table["sha256"] == sha256
+            table.loc[rows, "submission"] = str(path)
+            self._write(table, len(table))
+            return int(rows.sum())
+
     def latest(self, variants: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
         """The latest row of each variant on each split (optionally only `variants` / `split`),
         best local RMSE first."""

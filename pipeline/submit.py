@@ -10,6 +10,7 @@ CSV is replaced, so a row's scores are always its own run's and its file is the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.config import ConfigError, VariantConfig
@@ -55,6 +56,7 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
         path = out_dir / f"{variant.name}.csv"
         # runs of this variant on other data write the same file: write, read back and record in turn
         with locked(path.with_name(f".{path.name}.lock"), f"writing {path}"):
+            keep_if_uploaded(path, leaderboard)
             csv = write_submission(path, competition, lambda i: load_prediction(test_folder, competition.test[i], size),
                                    spec=spec)
             test_rmse = None
@@ -63,6 +65,32 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
                 test = score_boxes(read_submission(csv.path, competition, spec), truth_boxes(competition, competition.test))
                 test_rmse = test.rmse
             return leaderboard.record(_entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir))
+
+
+def keep_if_uploaded(path: Path, leaderboard: Leaderboard) -> Path | None:
+    """Before `path` is written anew: when the CSV there now was uploaded to Kaggle, keep it as
+    `<variant>.<sha12>.csv` beside it (a hard link: no copy) and point its rows there, so the file
+    Kaggle scored stays on disk; the kept path, or None."""
+    import shutil
+
+    from pipeline.files import atomic_write
+    from pipeline.leaderboard import file_sha256
+
+    table = leaderboard.read()
+    if not path.is_file() or not (table["kaggle_ref"].notna() & (table["submission"] == str(path))).any():
+        return None  # no upload recorded for this file name: nothing to hash
+    sha = file_sha256(path)
+    if leaderboard.uploaded_ref(sha) is None:
+        return None
+    kept = path.with_name(f"{path.stem}.{sha[:12]}{path.suffix}")
+    if not kept.exists():
+        try:
+            os.link(path, kept)
+        except OSError:  # a file system without hard links
+            with atomic_write(kept) as tmp:
+                shutil.copyfile(path, tmp)
+    leaderboard.repoint(sha, kept)
+    return kept
 
 
 def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> dict:
@@ -94,6 +122,9 @@ def upload_submission(variant: VariantConfig, competition: Competition, slug: st
     row = leaderboard.submitted_on(variant.name, competition.root)
     csv = Path(row["submission"])
     again = NextStep("submit", {"variant": variant.name, "data": row["data"]})
+    if not csv.is_file():
+        raise ConfigError(f"{csv}: the CSV of {variant.name}'s newest row ({row['submitted_at']}) is no longer on "
+                          f"disk (prune keeps every variant's latest: deleted by hand?); run `{again}` to write it again")
 
     def refuse_if_rewritten_for_other_data(sha256: str | None = None) -> None:
         # a submit on other data rewrote the variant's CSV since this row was recorded

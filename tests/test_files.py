@@ -1,7 +1,9 @@
 """Shared files: an atomic write leaves the old file on failure and no temporary behind; a lock
-makes the second holder wait and tells it who holds the lock."""
+makes the second holder wait, tells it who holds the lock, and leaves no file behind."""
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -46,10 +48,10 @@ def test_a_failed_checkpoint_save_keeps_the_previous_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_leaderboard_writes_leave_only_the_csv_and_its_lock(tmp_path):
+def test_leaderboard_writes_leave_only_the_csv(tmp_path):
     board = Leaderboard(tmp_path / "leaderboard.csv")
     board.record({"variant": "telea", "method": "telea", "val_rmse": 0.1})
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".leaderboard.csv.lock", "leaderboard.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["leaderboard.csv"]
     assert board.read()["variant"].tolist() == ["telea"]
 
 
@@ -72,6 +74,45 @@ def test_a_waiting_holder_is_told_who_holds_the_lock(tmp_path, capsys):
     assert events == ["first lets go", "second holds it"]
     err = capsys.readouterr().err
     assert err.startswith(f"waiting: pid {os.getpid()} (") and err.rstrip().endswith("is testing the lock")
+    assert list(path.parent.iterdir()) == []  # released: no lock file left
+
+
+# each process takes the lock `rounds` times; inside it, it creates a marker file that must not
+# exist (O_EXCL: a second holder at the same moment fails there), appends its turn, removes it
+CONTENDER = """
+import os, sys, time
+from pathlib import Path
+from pipeline.files import locked
+
+folder, name, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+(folder / f"ready-{name}").touch()
+while len(list(folder.glob("ready-*"))) < int(sys.argv[4]):
+    time.sleep(0.01)  # start together
+for turn in range(rounds):
+    with locked(folder / "locks" / ".board.lock", f"round {turn} of {name}"):
+        marker = os.open(folder / "inside", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with open(folder / "turns.log", "a") as log:
+            log.write(f"{name} {turn}\\n")
+        time.sleep(0.002)
+        os.close(marker)
+        os.unlink(folder / "inside")
+"""
+
+
+def test_processes_contending_for_a_lock_take_turns_and_leave_no_lock_file(tmp_path):
+    processes, rounds = 4, 60
+    (tmp_path / "locks").mkdir()
+    workers = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path), f"p{i}", str(rounds), str(processes)],
+                                stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+               for i in range(processes)]
+    errors = [w.communicate(timeout=120)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0] * processes, [e[-800:] for e in errors]
+    turns = (tmp_path / "turns.log").read_text().split("\n")[:-1]
+    assert len(turns) == processes * rounds  # every turn ran, none lost to a second holder at once
+    assert list((tmp_path / "locks").iterdir()) == []  # no lock file left behind
+    waits = [line for e in errors for line in e.splitlines() if line.startswith("waiting: ")]
+    assert waits, "with four processes contending, some must have waited"
+    assert all(" is round " in line for line in waits), waits
 
 
 def test_an_uncontended_lock_prints_nothing(tmp_path, capsys):
