@@ -144,6 +144,9 @@ def source_version(root: Path = PROJECT_ROOT) -> tuple[str | None, bool | None]:
             return None
         return done.stdout if done.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top.strip()).resolve() != Path(root).resolve():
+        return None, None  # an installed copy inside some other repository is not that repository's code
     commit = git("rev-parse", "--verify", "HEAD")
     if not commit:
         return None, None

@@ -133,3 +133,9 @@ def test_wandb_offline_keeps_its_run_beside_the_tensorboard_events(workspace, mo
     for tag in (b"loss/box_l2", b"val/rmse", b"lr", b"objective"):  # metrics and the config
         assert tag in data, tag
     assert [step for step, _ in _scalars(Path("runs/wb"), "val/rmse")] == [2]  # TensorBoard as before
+
+
+def test_source_version_of_a_copy_inside_another_repository_is_unknown(tmp_path):
+    subprocess.run(["git", "-C", str(tmp_path), "init", "-q"], check=True)
+    (tmp_path / "site-packages").mkdir()  # e.g. a wheel installed into a venv that lies in some repo
+    assert source_version(tmp_path / "site-packages") == (None, None)
