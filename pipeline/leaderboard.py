@@ -12,7 +12,6 @@ Columns (CSV, one row per `submit`; re-runs append, nothing is overwritten):
     submission, sha256, rows                  the CSV and its checksum
     kaggle_ref, kaggle_status, kaggle_public_score   filled by kaggle-submit / kaggle-scores
     run_dir                                   TensorBoard folder of the training run, if any
-    config                                    the variant config (JSON)
     steps, epochs, stop_reason, train_seconds what the checkpoint's training run actually did: optimizer
                                               steps, epochs (a fraction where it stopped mid-epoch), why
                                               it stopped (finished, max_steps, max_minutes, interrupted),
@@ -21,6 +20,7 @@ Columns (CSV, one row per `submit`; re-runs append, nothing is overwritten):
     git_commit, git_dirty, seed               the code that trained it (dirty: true / false; empty
                                               outside a git checkout) and params.seed
     (all empty for methods that are not trained; files written before these columns read as empty)
+    config                                    the variant config (JSON)
 
 Scores are only comparable on one validation split: rankings group rows by `split`. Every write
 goes to a temporary file renamed over the old one, under a lock, and a damaged file is never
@@ -47,8 +47,9 @@ COLUMNS = [
     "variant", "method", "description", "data", "split", "format", "channels", "values", "submitted_at",
     "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "val_rmse_by_class", "test_rmse",
     "seconds_per_image", "submission", "sha256", "rows",
-    "kaggle_ref", "kaggle_status", "kaggle_public_score", "run_dir", "config",
+    "kaggle_ref", "kaggle_status", "kaggle_public_score", "run_dir",
     "steps", "epochs", "stop_reason", "train_seconds", "checkpoint_sha256", "git_commit", "git_dirty", "seed",
+    "config",  # last: the longest field, and where a cut-off row ends
 ]
 NUMBERS = ["val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse", "seconds_per_image", "rows",
            "kaggle_public_score", "steps", "epochs", "train_seconds", "seed"]

@@ -425,7 +425,7 @@ class Run:
         """Training time of this session so far (0 before the first step)."""
         return time.perf_counter() - self.started if self.started else 0.0
 
-    def checkpoint(self, full: bool, stop_reason: str = UNFINISHED) -> dict[str, Any] | None:
+    def checkpoint(self, full: bool, facts: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """best.pt holds the generator; last.pt everything a resumed run needs (None off the main process)."""
         from accelerate.utils import gather_object
 
@@ -438,7 +438,7 @@ class Run:
         config["params"] = self.params
         out = {"config": config, "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
                "last_val_rmse": self.last_rmse, "best_val_rmse": None if math.isinf(self.best_rmse) else self.best_rmse,
-               "run": self.facts(stop_reason)}
+               "run": facts or self.facts(UNFINISHED)}
         for name, net in self.nets.items() if full else [("generator", self.nets["generator"])]:
             out[name] = acc.unwrap_model(net, keep_torch_compile=False).state_dict()
         if full:
@@ -446,8 +446,9 @@ class Run:
             out.update(rng=rngs, scaler=acc.scaler.state_dict() if acc.scaler else None, precision=self.precision)
         return out
 
-    def save(self, path: Path, full: bool, stop_reason: str = UNFINISHED) -> None:
-        checkpoint = self.checkpoint(full, stop_reason)  # every process takes part (it gathers the RNG states)
+    def save(self, path: Path, full: bool, facts: dict[str, Any] | None = None) -> None:
+        """`facts`: the run's (Run.facts), by default those of a run still going."""
+        checkpoint = self.checkpoint(full, facts)  # every process takes part (it gathers the RNG states)
         if checkpoint is not None:
             save_checkpoint(path, checkpoint)
 
@@ -774,9 +775,10 @@ def finish(run: Run, reason: str, val_loader: DataLoader, meter: Meter) -> Train
         tqdm.write(f"stopping at step {run.step}: params.max_minutes={run.hp.max_minutes} reached")
     if run.validated_at != run.step:  # stopped mid-epoch (max_steps, max_minutes)
         validate_and_keep_best(run, val_loader)
-    run.save(run.last_path, full=True, stop_reason=reason)  # the run's facts, final
+    facts = run.facts(reason)  # final: both checkpoints say the same
+    run.save(run.last_path, full=True, facts=facts)
     if run.main and run.best_path.is_file():
-        stamp_run_facts(run.best_path, run.facts(reason))
+        stamp_run_facts(run.best_path, facts)
     meter.bar.close()
     acc.wait_for_everyone()
     if run.main and run.writer is not None:
