@@ -5,6 +5,10 @@
     checkpoints/<variant>/best.pt   the generator with the best validation RMSE, its config and
                                     score: what `predict` / `submit` load
 
+Both carry the run's facts under "run" (RUN_FACTS: steps and epochs done, why training stopped,
+training seconds, the git commit that trained it, the seed): `submit` puts them, with the file's
+sha256, on the leaderboard row, so a 20-step run does not pass for a full one.
+
 Both are plain dicts saved with torch.save and loaded with `weights_only=True` (tensors, numbers,
 strings, lists, dicts only), so opening a checkpoint never runs code from it.
 """
@@ -12,16 +16,22 @@ strings, lists, dicts only), so opening a checkpoint never runs code from it.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.config import PipelineError, VariantConfig, with_current_names
-from pipeline.files import atomic_write
+from pipeline.files import atomic_write, file_sha256
 from pipeline.next_step import NextStep
 
 FORMAT = "pipeline-checkpoint/1"
+# what a checkpoint's "run" records (the leaderboard's columns of the same names)
+RUN_FACTS = ("steps", "epochs", "stop_reason", "train_seconds", "git_commit", "git_dirty", "seed")
+# a checkpoint saved while its run was still going: the run never reached its end (killed?)
+UNFINISHED = "interrupted"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class CheckpointError(PipelineError, RuntimeError):
@@ -122,3 +132,37 @@ def load_state_dict(path: Path, module: torch.nn.Module, state_dict: dict[str, t
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: its {name} weights do not fit this architecture "
                               f"({str(exc).splitlines()[0]} ...); it comes from another model") from exc
+
+
+def source_version(root: Path = PROJECT_ROOT) -> tuple[str | None, bool | None]:
+    """(the commit checked out at `root`, whether tracked or unignored files differ from it);
+    (None, None) where `root` is no git checkout or git is missing (Kaggle's read-only copy)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top.strip()).resolve() != Path(root).resolve():
+        return None, None  # an installed copy inside some other repository is not that repository's code
+    commit = git("rev-parse", "--verify", "HEAD")
+    if not commit:
+        return None, None
+    status = git("status", "--porcelain")
+    return commit.strip(), None if status is None else bool(status.strip())
+
+
+def run_facts(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard's facts of the run that wrote the checkpoint `state` (read from `path`):
+    RUN_FACTS (None where a checkpoint older than them has none) and checkpoint_sha256."""
+    saved = state.get("run") or {}
+    return {key: saved.get(key) for key in RUN_FACTS} | {"checkpoint_sha256": file_sha256(Path(path))}
+
+
+def stamp_run_facts(path: Path, facts: dict[str, Any]) -> None:
+    """Rewrite the checkpoint at `path` (atomically) with `facts` as its run's; the rest unchanged."""
+    state = read_checkpoint(path)
+    state["run"] = {**state.get("run", {}), **facts}
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "format"})

@@ -184,7 +184,8 @@ def cmd_train(args) -> None:
     if not result.is_main_process:  # under accelerate launch, one report is enough
         return
     best = f"{result.best_val_rmse:.4f}" if result.best_val_rmse is not None else "n/a"
-    print(f"{variant.name}: {result.steps} steps, {result.epochs_done} epochs in {result.seconds:.0f} s; "
+    print(f"{variant.name}: {result.steps} steps, {result.epochs_done} epochs in {result.seconds:.0f} s "
+          f"(stopped: {result.stop_reason}); "
           f"best validation RMSE {best} -> {result.best}; run state {result.last}; TensorBoard {result.run_dir}")
     print(f"next: {NextStep('submit', {'variant': variant_word(variant), 'data': args.data})}")
 

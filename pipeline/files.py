@@ -222,3 +222,14 @@ def _holder(path: Path) -> str:
         return path.read_text(errors="replace").strip() or "another process"
     except OSError:
         return "another process"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 4 MB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

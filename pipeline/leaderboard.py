@@ -12,6 +12,14 @@ Columns (CSV, one row per `submit`; re-runs append, nothing is overwritten):
     submission, sha256, rows                  the CSV and its checksum
     kaggle_ref, kaggle_status, kaggle_public_score   filled by kaggle-submit / kaggle-scores
     run_dir                                   TensorBoard folder of the training run, if any
+    steps, epochs, stop_reason, train_seconds what the checkpoint's training run actually did: optimizer
+                                              steps, epochs (a fraction where it stopped mid-epoch), why
+                                              it stopped (finished, max_steps, max_minutes, interrupted),
+                                              training time
+    checkpoint_sha256                         the checkpoint the predictions came from
+    git_commit, git_dirty, seed               the code that trained it (dirty: true / false; empty
+                                              outside a git checkout) and params.seed
+    (all empty for methods that are not trained; files written before these columns read as empty)
     config                                    the variant config (JSON)
 
 Scores are only comparable on one validation split: rankings group rows by `split`. Every write
@@ -30,7 +38,7 @@ import pandas as pd
 
 from pipeline.config import ConfigError, PipelineError
 from pipeline.data.competition import competition_home
-from pipeline.files import atomic_write, disk_full, locked
+from pipeline.files import atomic_write, disk_full, file_sha256, locked
 from pipeline.inpainters.base import METHODS
 from pipeline.next_step import NextStep
 
@@ -39,14 +47,16 @@ COLUMNS = [
     "variant", "method", "description", "data", "split", "format", "channels", "values", "submitted_at",
     "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "val_rmse_by_class", "test_rmse",
     "seconds_per_image", "submission", "sha256", "rows",
-    "kaggle_ref", "kaggle_status", "kaggle_public_score", "run_dir", "config",
+    "kaggle_ref", "kaggle_status", "kaggle_public_score", "run_dir",
+    "steps", "epochs", "stop_reason", "train_seconds", "checkpoint_sha256", "git_commit", "git_dirty", "seed",
+    "config",  # last: the longest field, and where a cut-off row ends
 ]
 NUMBERS = ["val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse", "seconds_per_image", "rows",
-           "kaggle_public_score"]
+           "kaggle_public_score", "steps", "epochs", "train_seconds", "seed"]
 TEXT = [c for c in COLUMNS if c not in NUMBERS]
 JSON = ["val_rmse_by_class", "config"]
-SHOWN = ["variant", "method", "channels", "val_rmse", "val_rmse_255", "val_psnr", "val_ssim", "test_rmse",
-         "kaggle_public_score", "seconds_per_image", "submitted_at"]
+SHOWN = ["variant", "method", "channels", "val_rmse", "gain", "gain_pct", "val_rmse_255", "val_psnr", "val_ssim",
+         "test_rmse", "kaggle_public_score", "seconds_per_image", "run", "submitted_at"]
 # the classical methods are the baselines every learned variant has to beat
 BASELINE_METHODS = frozenset(m for m, target in METHODS.items() if target.startswith("pipeline.inpainters.classical:"))
 
@@ -162,6 +172,8 @@ class Leaderboard:
         for column in ("config", "val_rmse_by_class"):
             if isinstance(row[column], (dict, list)):
                 row[column] = json.dumps(row[column], sort_keys=True)
+        if isinstance(row["git_dirty"], bool):
+            row["git_dirty"] = "true" if row["git_dirty"] else "false"
         new = pd.DataFrame([row], columns=COLUMNS)
         with self._locked():
             table = self.read()
@@ -291,26 +303,36 @@ def _sha_tag(sha256: str) -> str:
     return f"[sha {sha256[:12]}]"
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in 4 MB blocks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _clip(text: str, width: int = 40) -> str:
     return repr(text if len(text) <= width else text[:width] + "...")
 
 
+def run_summary(row) -> str:
+    """A trained row's run in a few characters: "634/888 max_minutes" (steps done / the steps its
+    config's epochs make, why it stopped); "" for a row without a run."""
+    steps, epochs = row.get("steps"), row.get("epochs")
+    if steps is None or pd.isna(steps):
+        return ""
+    done, planned = f"{int(steps)}", None
+    try:
+        config_epochs = json.loads(row.get("config") or "{}").get("params", {}).get("epochs")
+        if config_epochs and epochs and float(epochs) > 0:
+            planned = round(float(steps) / float(epochs) * float(config_epochs))  # steps per epoch x epochs
+    except (ValueError, TypeError, AttributeError):
+        planned = None
+    if planned:
+        done += f"/{planned}"
+    return f"{done} {row.get('stop_reason') or ''}".strip()
+
+
 def _table(table: pd.DataFrame) -> str:
+    table = gains_over_baseline(table).assign(run=lambda t: t.apply(run_summary, axis=1) if len(t) else "")
     shown = table[SHOWN].copy()
+    shown["gain"] = shown["gain"].map(lambda v: "" if pd.isna(v) else f"{float(v):+.4f}")
+    shown["gain_pct"] = shown["gain_pct"].map(lambda v: "" if pd.isna(v) else f"{float(v):+.1f}%")
     for column in ("val_rmse", "test_rmse", "kaggle_public_score", "val_ssim", "seconds_per_image"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{float(v):.4f}")
     for column in ("val_rmse_255", "val_psnr"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{float(v):.2f}")
-    shown = shown.fillna("")
+    shown = shown.fillna("").rename(columns={"gain": "gain_vs_baseline", "gain_pct": "gain_%"})
     return shown.to_string(index=False)

@@ -22,12 +22,13 @@ from pipeline.next_step import NextStep
 SUBMISSIONS_DIR = Path("submissions")
 
 
-def predict_splits(variant: VariantConfig, competition: Competition, splits: list[str]):
-    """{split: PredictionRun} for `splits`, with the variant's inpainter built once."""
+def predict_splits(variant: VariantConfig, competition: Competition, splits: list[str], inpainter=None):
+    """{split: PredictionRun} for `splits`, with the variant's inpainter (`inpainter`, or one
+    built here) built once."""
     from pipeline.inpainters.base import build_inpainter
     from pipeline.predict import predict_split
 
-    inpainter = build_inpainter(variant)
+    inpainter = inpainter or build_inpainter(variant)
     return {split: predict_split(variant, competition, split, inpainter) for split in splits}
 
 
@@ -38,6 +39,7 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
     Returns the row ({} on processes other than the main one, which alone writes).
     """
     from pipeline.data.predictions import load_prediction
+    from pipeline.inpainters.base import build_inpainter
     from pipeline.predict import process_state, variant_lock
     from pipeline.score import score_boxes, score_split, truth_boxes
     from pipeline.submission import read_submission, submission_spec, write_submission
@@ -47,7 +49,8 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
     leaderboard.check()  # a damaged leaderboard stops here, before the CSV is replaced
     splits = ["val", "test"] if competition.val else ["test"]
     with variant_lock(variant.name, competition, state=state):  # the main process alone takes it
-        runs = predict_splits(variant, competition, splits)
+        inpainter = build_inpainter(variant)
+        runs = predict_splits(variant, competition, splits, inpainter)
         if not state.is_main_process:
             return {}  # several processes predicted; the main one writes the CSV and the row
         size = competition.config.image_size
@@ -64,7 +67,9 @@ def submit_variant(variant: VariantConfig, competition: Competition, leaderboard
                 # scored from the CSV itself, so the file that would be uploaded is what is measured
                 test = score_boxes(read_submission(csv.path, competition, spec), truth_boxes(competition, competition.test))
                 test_rmse = test.rmse
-            return leaderboard.record(_entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir))
+            entry = _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir)
+            # a trained method's checkpoint: what its run actually did (steps, stop reason, commit ...)
+            return leaderboard.record(entry | getattr(inpainter, "run_facts", {}))
 
 
 def keep_if_uploaded(path: Path, leaderboard: Leaderboard) -> Path | None:
@@ -94,7 +99,7 @@ def keep_if_uploaded(path: Path, leaderboard: Leaderboard) -> Path | None:
 
 
 def _entry(variant, competition, spec, val, test_rmse, runs, csv, run_dir) -> dict:
-    """The leaderboard row of one submission."""
+    """The leaderboard row of one submission (without the training run's facts)."""
     from pipeline.score import split_fingerprint
 
     return {

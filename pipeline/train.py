@@ -1,16 +1,23 @@
 """`python -m pipeline train`: one training loop for every trainable family, on HF Accelerate,
 the same on the CPU, one GPU or several. A family (pipeline/inpainters/trainable.py) brings its
 networks, losses and step; this module brings data, precision, checkpoints, exact resume,
-TensorBoard, validation and the best checkpoint.
+TensorBoard (and MLflow or W&B where named) through accelerate's trackers, validation and the
+best checkpoint.
+
+Scalar tags, the same in every tracker: loss/<name> (the family's losses), lr, time/images_per_s
+(every log_every steps), val/rmse (each validation); TensorBoard also holds the image grid
+val/masked|fill|prediction|truth, the text `precision` and hparams with hparam/best_val_rmse.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import random
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,8 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from pipeline.checkpoint import (CheckpointError, check_same_config, load_state_dict, read_checkpoint,
-                                 save_checkpoint)
+from pipeline.checkpoint import (UNFINISHED, CheckpointError, check_same_config, load_state_dict, read_checkpoint,
+                                 save_checkpoint, source_version, stamp_run_facts)
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.data.competition import Competition, CompetitionError, ImageRecord, read_image
 from pipeline.data.dataset import AugmentConfig, BoxInpaintingDataset, to_image
@@ -38,8 +45,11 @@ TRAINABLE = ("pix2pix", "pconv", "glcic", "torchscript")
 # params that may change between a run and its resumption; any other difference is another run
 RESUMABLE_CHANGES = ("epochs", "max_steps", "max_minutes", "num_workers", "threads", "log_every",
                      "checkpoint_every", "val_every", "checkpoint", "tta", "mc_dropout", "samples",
-                     "sample_seed", "compile", "deterministic")
+                     "sample_seed", "compile", "deterministic", "trackers")
 GRID_IMAGES = 4  # validation images shown in TensorBoard
+# params.trackers' names (accelerate's): the module it imports, and what to install for it
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"),
+            "wandb": ("wandb", "wandb")}
 
 
 @dataclass
@@ -49,6 +59,7 @@ class TrainResult:
     best_val_rmse: float | None  # 0..1 scale, on the fixed validation boxes
     last_val_rmse: float | None
     seconds: float
+    stop_reason: str  # finished | max_steps | max_minutes (train.stop_reason)
     best: Path
     last: Path
     run_dir: Path
@@ -286,7 +297,7 @@ class StepScaler(torch.amp.GradScaler):
         super().update()
 
 
-def _accelerator(precision: str, grad_accum_steps: int = 1):
+def _accelerator(precision: str, grad_accum_steps: int = 1, log_with: list[str] | None = None):
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
     from accelerate.utils import GradientAccumulationPlugin
@@ -300,8 +311,10 @@ def _accelerator(precision: str, grad_accum_steps: int = 1):
     # the trainer feeds whole groups of batches, so accelerate need not close a group at an epoch's end
     accumulation = GradientAccumulationPlugin(num_steps=grad_accum_steps, sync_with_dataloader=False)
     # non_blocking: batches copied from the loader's pinned memory while the GPU still computes
+    # log_with: TensorBoard writes under project_dir/<variant> = runs/<variant>/
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_plugin=accumulation,
-                              dataloader_config=DataLoaderConfiguration(non_blocking=True))
+                              dataloader_config=DataLoaderConfiguration(non_blocking=True),
+                              log_with=log_with or None, project_dir=str(RUNS_DIR))
     if precision == "fp16":
         # accelerate (1.15) gives fp16 on the CPU neither autocast nor a scaler (it trains in fp32
         # without a word); torch has both. On a GPU its scaler is swapped for one that waits for
@@ -316,6 +329,34 @@ def trainable_family(variant: VariantConfig) -> Family:
         raise ConfigError(f"{variant.source or variant.name}: method {variant.method!r} is not trainable; "
                           f"trainable methods: {', '.join(TRAINABLE)}")
     return inpainter_class(variant).family
+
+
+def trackers(variant: VariantConfig, names: str) -> list[str]:
+    """params.trackers (`names`, comma-separated) as accelerate's log_with; ConfigError naming the
+    param, the config file and what to install when one is unknown or not installed."""
+    from pipeline.config import param_where
+
+    where = param_where(variant, "trackers")
+    if "trackers" in variant.overrides:
+        where += f" (over {variant.source or variant.name})"
+    chosen = list(dict.fromkeys(name.strip().lower() for name in str(names).split(",") if name.strip()))
+    if not chosen:
+        raise ConfigError(f"{where}: names no tracker; use one or more of {', '.join(TRACKERS)}, comma-separated")
+    for name in chosen:
+        if name not in TRACKERS:
+            raise ConfigError(f"{where}: {name!r} is not a tracker this pipeline logs to; "
+                              f"use one or more of {', '.join(TRACKERS)}, comma-separated")
+        module, package = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{where}: {name} is not installed in this Python ({sys.executable}): "
+                              f"`pip install {package}`, or leave it out of params.trackers")
+    if ("mlflow" in chosen and not os.environ.get("MLFLOW_TRACKING_URI")
+            and importlib.util.find_spec("sqlalchemy") is None):
+        # mlflow's default store is sqlite:///mlflow.db, which mlflow-skinny cannot open
+        raise ConfigError(f"{where}: mlflow needs a place to write: set MLFLOW_TRACKING_URI (a server's "
+                          "http://host:port, or MLFLOW_ALLOW_FILE_STORE=true with file:runs/mlruns), or "
+                          "`pip install mlflow` for its default sqlite:///mlflow.db")
+    return chosen
 
 
 def with_overrides(variant: VariantConfig, **overrides: int | None) -> VariantConfig:
@@ -352,7 +393,8 @@ class Run:
     best_rmse: float = math.inf
     last_rmse: float | None = None
     # this session only (not in last.pt)
-    writer: Any = None  # TensorBoard, on the main process
+    writer: Any = None  # TensorBoard's SummaryWriter, on the main process where it is a tracker
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # params.trackers, checked
     schedule_steps: int = 0  # the steps of all epochs: the learning rate falls over them
     total_steps: int = 0  # where training ends: schedule_steps, or max_steps when that comes first
     started: float = 0.0  # time.perf_counter() when the first step began
@@ -360,6 +402,9 @@ class Run:
     validated_at: int = -1  # the step of the last validation
     precision: str = "no"  # what mixed_precision resolved to on this machine: no / bf16 / fp16 ...
     precision_why: str = ""  # ... and why
+    steps_per_epoch: int = 1  # optimizer steps in one epoch (set by `schedule`)
+    seconds_before: float = 0.0  # training seconds of the sessions before this one (a resumed run)
+    source: tuple[str | None, bool | None] = (None, None)  # (git commit, dirty) of the code training
 
     @property
     def hp(self):
@@ -369,7 +414,18 @@ class Run:
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def checkpoint(self, full: bool) -> dict[str, Any] | None:
+    def facts(self, stop_reason: str) -> dict[str, Any]:
+        """What this run has actually done so far: checkpoint.RUN_FACTS, stored as each checkpoint's "run"."""
+        commit, dirty = self.source
+        return {"steps": self.step, "epochs": self.step / max(1, self.steps_per_epoch),
+                "stop_reason": stop_reason, "train_seconds": round(self.seconds_before + self.seconds(), 1),
+                "git_commit": commit, "git_dirty": dirty, "seed": self.hp.seed}
+
+    def seconds(self) -> float:
+        """Training time of this session so far (0 before the first step)."""
+        return time.perf_counter() - self.started if self.started else 0.0
+
+    def checkpoint(self, full: bool, facts: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """best.pt holds the generator; last.pt everything a resumed run needs (None off the main process)."""
         from accelerate.utils import gather_object
 
@@ -381,7 +437,8 @@ class Run:
         config = self.variant.to_dict()
         config["params"] = self.params
         out = {"config": config, "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
-               "last_val_rmse": self.last_rmse, "best_val_rmse": None if math.isinf(self.best_rmse) else self.best_rmse}
+               "last_val_rmse": self.last_rmse, "best_val_rmse": None if math.isinf(self.best_rmse) else self.best_rmse,
+               "run": facts or self.facts(UNFINISHED)}
         for name, net in self.nets.items() if full else [("generator", self.nets["generator"])]:
             out[name] = acc.unwrap_model(net, keep_torch_compile=False).state_dict()
         if full:
@@ -389,8 +446,9 @@ class Run:
             out.update(rng=rngs, scaler=acc.scaler.state_dict() if acc.scaler else None, precision=self.precision)
         return out
 
-    def save(self, path: Path, full: bool) -> None:
-        checkpoint = self.checkpoint(full)  # every process takes part (it gathers the RNG states)
+    def save(self, path: Path, full: bool, facts: dict[str, Any] | None = None) -> None:
+        """`facts`: the run's (Run.facts), by default those of a run still going."""
+        checkpoint = self.checkpoint(full, facts)  # every process takes part (it gathers the RNG states)
         if checkpoint is not None:
             save_checkpoint(path, checkpoint)
 
@@ -409,6 +467,8 @@ def plan(variant: VariantConfig, resume: bool, restart: bool) -> Run:
     params = config.params()
     ckpt_dir = CHECKPOINT_DIR / variant.name
     run = Run(variant, family, config, params, ckpt_dir / "last.pt", ckpt_dir / "best.pt", RUNS_DIR / variant.name)
+    run.source = source_version()  # the code that trains, as it is now
+    run.trackers = trackers(variant, run.hp.trackers)
     if resume:
         run.state = read_checkpoint(run.last_path, hint="Nothing to resume: train without --resume first.")
         resumable = [k for k in params if k not in RESUMABLE_CHANGES]
@@ -463,7 +523,7 @@ def start_accelerator(run: Run) -> str:
     device = execution_device(per_process=False)
     where = run.variant.source or run.variant.name
     run.precision, run.precision_why = choose_precision(run.hp.mixed_precision, device, where)
-    run.accelerator = _accelerator(run.precision, run.hp.grad_accum_steps)
+    run.accelerator = _accelerator(run.precision, run.hp.grad_accum_steps, run.trackers)
     if run.accelerator.device.type == "cpu":
         local = _local_processes(run.accelerator)
         torch.set_num_threads(cpu_threads(run.hp.threads, loader_workers(run.hp.num_workers, local), local))
@@ -520,6 +580,7 @@ def restore(run: Run) -> None:
     run.validated_at = run.step  # a resumed run that takes no step has nothing new to score
     run.best_rmse = state["best_val_rmse"] if state["best_val_rmse"] is not None else math.inf
     run.last_rmse = state["last_val_rmse"]
+    run.seconds_before = float((state.get("run") or {}).get("train_seconds") or 0.0)
 
 
 def prepare(run: Run, loader: DataLoader, val_loader: DataLoader) -> tuple[DataLoader, DataLoader]:
@@ -553,18 +614,32 @@ def seed_processes(run: Run) -> None:
         print(f"note: {run.last_path} was {note}")
 
 
+def run_config(run: Run) -> dict[str, Any]:
+    """The run's params and facts as flat scalars: hparams of TensorBoard, params of MLflow / W&B."""
+    commit, dirty = run.source
+    return ({k: v for k, v in run.params.items() if isinstance(v, (int, float, str, bool))}
+            | {"precision": run.precision, "git_commit": commit or "", "git_dirty": "" if dirty is None else dirty})
+
+
 def open_logs(run: Run, restart: bool):
-    """The TensorBoard writer (main process only), after a restart has removed the old run's files."""
+    """Start accelerate's trackers (main process only), after a restart has removed the old run's
+    files; returns TensorBoard's SummaryWriter (None where it is not a tracker)."""
     if not run.main:
         return None
     if restart:
         shutil.rmtree(run.run_dir, ignore_errors=True)
         for path in (run.last_path, run.best_path):
             path.unlink(missing_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    # purge_step drops what a killed run logged after its last checkpoint
-    return SummaryWriter(str(run.run_dir), purge_step=run.step if run.state is not None else None)
+    acc = run.accelerator
+    acc.init_trackers(run.variant.name, init_kwargs={
+        # purge_step drops what a killed run logged after its last checkpoint
+        "tensorboard": {"purge_step": run.step if run.state is not None else None},
+        "wandb": {"dir": str(run.run_dir), "name": run.variant.name},  # offline runs kept beside the events
+    })
+    for name in run.trackers:
+        if name != "tensorboard":  # TensorBoard's hparams come at the end, with the best score
+            acc.get_tracker(name).store_init_configuration(run_config(run))
+    return acc.get_tracker("tensorboard", unwrap=True) if "tensorboard" in run.trackers else None
 
 
 def schedule(run: Run, batches: int, images: int, precision: str) -> None:
@@ -572,6 +647,7 @@ def schedule(run: Run, batches: int, images: int, precision: str) -> None:
     per epoch, grad_accum_steps each); says so, and the precision, on the main process."""
     hp = run.hp
     steps_per_epoch = batches // hp.grad_accum_steps  # batches left over would not fill a step
+    run.steps_per_epoch = steps_per_epoch
     run.schedule_steps = hp.epochs * steps_per_epoch  # the learning rate follows the epochs ...
     run.total_steps = min(run.schedule_steps, hp.max_steps or run.schedule_steps)  # ... max_steps only stops early
     if run.main:
@@ -581,7 +657,8 @@ def schedule(run: Run, batches: int, images: int, precision: str) -> None:
               f"{hp.epochs} epochs" + (f" (stopping at step {run.total_steps})" if early else "")
               + f", {acc.num_processes} process(es) on {acc.device}, precision {precision} ({run.precision_why})"
               + (f", resuming at step {run.step}" if run.state is not None else ""))
-        run.writer.add_text("precision", f"{precision} ({run.precision_why})", run.step)
+        if run.writer is not None:
+            run.writer.add_text("precision", f"{precision} ({run.precision_why})", run.step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,8 +705,8 @@ def validate_and_keep_best(run: Run, val_loader: DataLoader) -> None:
     run.last_rmse, grid = validate(run.family, run.nets["generator"], val_loader, run.accelerator,
                                    GRID_IMAGES if main else 0)
     run.validated_at = run.step
-    if main:
-        run.writer.add_scalar("val/rmse", run.last_rmse, run.step)
+    run.accelerator.log({"val/rmse": run.last_rmse}, step=run.step)  # the main process's trackers
+    if main and run.writer is not None:
         if grid is not None:
             run.writer.add_image("val/masked|fill|prediction|truth", grid, run.step, dataformats="HWC")
     if run.last_rmse < run.best_rmse:
@@ -642,10 +719,7 @@ def log_scalars(run: Run, meter: Meter, losses: dict[str, torch.Tensor], lr: flo
     images_per_s = meter.images_per_s()
     values = {k: run.accelerator.reduce(v.detach().float(), "mean").item() for k, v in losses.items()}
     if run.main:
-        for key, value in values.items():
-            run.writer.add_scalar(key, value, run.step)
-        run.writer.add_scalar("time/images_per_s", images_per_s, run.step)
-        run.writer.add_scalar("lr", lr, run.step)
+        run.accelerator.log(values | {"time/images_per_s": images_per_s, "lr": lr}, step=run.step)
         meter.bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in values.items()}
                               | ({"val": f"{run.last_rmse:.4f}"} if run.last_rmse is not None else {}))
 
@@ -701,17 +775,20 @@ def finish(run: Run, reason: str, val_loader: DataLoader, meter: Meter) -> Train
         tqdm.write(f"stopping at step {run.step}: params.max_minutes={run.hp.max_minutes} reached")
     if run.validated_at != run.step:  # stopped mid-epoch (max_steps, max_minutes)
         validate_and_keep_best(run, val_loader)
-        run.save(run.last_path, full=True)
+    facts = run.facts(reason)  # final: both checkpoints say the same
+    run.save(run.last_path, full=True, facts=facts)
+    if run.main and run.best_path.is_file():
+        stamp_run_facts(run.best_path, facts)
     meter.bar.close()
     acc.wait_for_everyone()
-    if run.main:
-        run.writer.add_hparams({k: v for k, v in run.params.items() if isinstance(v, (int, float, str, bool))}
-                               | {"precision": run.precision},
-                               {"hparam/best_val_rmse": run.best_rmse}, run_name=".")
-        run.writer.close()
-    acc.end_training()
+    if run.main and run.writer is not None:
+        run.writer.add_hparams(run_config(run), {"hparam/best_val_rmse": run.best_rmse}, run_name=".")
+    for name in run.trackers if run.main and not math.isinf(run.best_rmse) else []:
+        if name != "tensorboard":  # TensorBoard has it in its hparams
+            acc.get_tracker(name).log({"hparam/best_val_rmse": run.best_rmse}, step=run.step)
+    acc.end_training()  # closes every tracker
     best = None if math.isinf(run.best_rmse) else run.best_rmse
-    return TrainResult(run.step, run.epoch, best, run.last_rmse, time.perf_counter() - run.started,
+    return TrainResult(run.step, run.epoch, best, run.last_rmse, run.seconds(), reason,
                        run.best_path, run.last_path, run.run_dir, run.main)
 
 

@@ -87,11 +87,26 @@ def test_training_keeps_the_best_checkpoint_and_submit_scores_it_as_validation_d
     assert best["best_val_rmse"] == pytest.approx(min(v for _, v in val))
     assert {"loss/d_fake", "loss/g_adv", "loss/box_l1", "lr"} <= {t for t in _event_tags(ws / "runs/tiny")}
 
+    # both checkpoints say what the run did, best.pt too though it was saved before the run ended
+    for state in (best, last):
+        facts = state["run"]
+        assert (facts["steps"], facts["epochs"], facts["stop_reason"], facts["seed"]) == (20, 2.0, "finished", 0)
+        assert 0 < facts["train_seconds"] < 600
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert last["run"]["git_commit"] == commit and last["run"]["git_dirty"] in (True, False)
+
     assert cli(["submit", "--variant", "tiny.yaml"]) == 0
     row = Leaderboard().read().iloc[-1]
     assert row["variant"] == "tiny" and row["run_dir"] == "runs/tiny"
     # submit reloads best.pt and scores the same validation boxes the training loop scored
     assert row["val_rmse"] == pytest.approx(best["best_val_rmse"], abs=2e-4)
+    # ... and records the run behind it, and which file it was
+    from pipeline.files import file_sha256
+
+    assert (row["steps"], row["epochs"], row["stop_reason"], row["seed"]) == (20, 2.0, "finished", 0)
+    assert row["checkpoint_sha256"] == file_sha256(ws / "checkpoints/tiny/best.pt")
+    assert row["git_commit"] == commit and row["git_dirty"] in ("true", "false")
+    assert row["train_seconds"] == best["run"]["train_seconds"]
 
 
 def _event_tags(run_dir: Path) -> set[str]:
@@ -131,8 +146,10 @@ def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(work
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = read_checkpoint(last)["step"]
+    killed = read_checkpoint(last)
+    killed_at = killed["step"]
     assert 0 < killed_at < reference["step"]
+    assert killed["run"]["stop_reason"] == "interrupted" and killed["run"]["steps"] == killed_at
 
     done = subprocess.run(_train_cmd("--resume"), env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -144,6 +161,9 @@ def test_a_killed_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(work
             assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs after resuming"
     assert resumed["opt_g"]["state"][0]["exp_avg"].equal(reference["opt_g"]["state"][0]["exp_avg"])
     assert resumed["best_val_rmse"] == reference["best_val_rmse"]
+    # the training time of both sessions, the killed one's up to its checkpoint included
+    assert resumed["run"]["stop_reason"] == "finished"
+    assert resumed["run"]["train_seconds"] >= killed["run"]["train_seconds"] > 0
 
 
 def test_l2_objective_trains_the_generator_alone_and_max_steps_keeps_the_schedule(workspace, capsys):

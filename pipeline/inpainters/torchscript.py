@@ -36,7 +36,7 @@ from torch import nn
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.inpainters.losses import box_loss
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, batch_tensors, choice,
-                                           load_generator)
+                                           load_generator, load_trained)
 
 OBJECTIVES = ("l2", "l1")
 BATCH_NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
@@ -284,7 +284,8 @@ class TorchScriptInpainter(TrainedInpainter):
         config = FAMILY.config(variant)
         if config.network.zero_shot:
             return cls(FAMILY.build_generator(config), config)
-        return cls(load_generator(FAMILY, variant, config), config)
+        generator, facts = load_trained(FAMILY, variant, config)
+        return cls(generator, config, run_facts=facts)
 
     @classmethod
     def preflight(cls, variant: VariantConfig) -> None:

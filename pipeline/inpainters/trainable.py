@@ -77,7 +77,10 @@ class TrainParams:
     jpeg: Fraction = 0.0  # augmentation: probability of JPEG-compressing the masked input, as the
     jpeg_quality_low: JpegQuality = 60  # competition's masked copies are, at a quality drawn from
     jpeg_quality_high: JpegQuality = 95  # low..high
-    log_every: Positive = 20  # steps between TensorBoard scalars
+    # where the scalars go, through accelerate's trackers: comma-separated, of tensorboard (runs/<variant>/),
+    # mlflow (MLFLOW_TRACKING_URI), wandb (WANDB_MODE=offline keeps it on this machine)
+    trackers: str = "tensorboard"
+    log_every: Positive = 20  # steps between logged scalars
     checkpoint_every: Positive = 200  # steps between last.pt saves (also saved every epoch end)
     val_every: Positive = 1  # epochs between validations (best.pt is chosen on these)
 
@@ -235,7 +238,12 @@ def load_generator(family: Family, variant: VariantConfig, config: TrainableConf
     """The generator of the checkpoint `config.inference.checkpoint` (default: the variant's
     best.pt), after checking it was trained with the network `variant` describes;
     CheckpointError (naming the file and the differing keys) otherwise."""
-    from pipeline.checkpoint import check_same_config, load_state_dict, read_checkpoint
+    return load_trained(family, variant, config)[0]
+
+
+def load_trained(family: Family, variant: VariantConfig, config: TrainableConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """(load_generator's generator, the facts of the run that trained it: checkpoint.run_facts)."""
+    from pipeline.checkpoint import check_same_config, load_state_dict, read_checkpoint, run_facts
     from pipeline.next_step import NextStep
 
     named = bool(config.inference.checkpoint)
@@ -247,7 +255,7 @@ def load_generator(family: Family, variant: VariantConfig, config: TrainableConf
     check_same_config(path, state, variant, config.params(), family.generator_keys, "generator")
     generator = family.build_generator(config)
     load_state_dict(path, generator, state["generator"], "generator")
-    return generator
+    return generator, run_facts(path, state)
 
 
 def dropout_layers(family: Family, generator: nn.Module) -> list[nn.Module]:
@@ -269,7 +277,9 @@ class TrainedInpainter(Inpainter):
 
     family: Family
 
-    def __init__(self, generator: nn.Module, config: TrainableConfig, device: torch.device | None = None):
+    def __init__(self, generator: nn.Module, config: TrainableConfig, device: torch.device | None = None,
+                 run_facts: dict[str, Any] | None = None):
+        self.run_facts = run_facts or {}  # the checkpoint's training run (leaderboard columns); {}: none
         self.device = device or execution_device()
         self.generator = generator.to(self.device).eval()
         self.fill = self.family.hole_fill(config)
@@ -281,7 +291,8 @@ class TrainedInpainter(Inpainter):
     @classmethod
     def from_config(cls, variant: VariantConfig) -> "TrainedInpainter":
         config = cls.family.config(variant)
-        return cls(load_generator(cls.family, variant, config), config)
+        generator, facts = load_trained(cls.family, variant, config)
+        return cls(generator, config, run_facts=facts)
 
     @classmethod
     def check_params(cls, variant: VariantConfig) -> None:
