@@ -375,13 +375,21 @@ def test_details_show_training_steps_and_stop_reason_when_the_row_has_them(train
     """Rows written since the leaderboard records training (steps, stop_reason, ...) show them in
     the row's <details>, summarised in its summary line; older rows without these columns work."""
     path = Path("submissions/leaderboard.csv")
+    # the submit of the trained run recorded its facts: the summary line says what was run
+    written = report.build_report(Leaderboard(), trained_copy / "submissions/report.html", images=0, progress=False)
+    cells = parse(written.html).tables["board"]["tiny"]
+    row = Leaderboard().latest(["tiny"]).iloc[0]
+    assert cells["details:training"][1].startswith(f"{int(row['steps'])} steps, ")
+    assert f"stopped: {row['stop_reason']}" in cells["details"][1]
+    extra = {"steps": "4", "epochs": "0.31", "stop_reason": "max_steps", "train_seconds": "75.2", "seed": "0",
+             "git_commit": "0123456789abcdef0123", "git_dirty": "True", "checkpoint_sha256": "ab" * 32}
+    # a row written before the leaderboard recorded training: no training line, the report still works
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    tiny = table["variant"] == "tiny"
+    table.drop(columns=list(extra)).to_csv(path, index=False)
     written = report.build_report(Leaderboard(), trained_copy / "submissions/report.html", images=0, progress=False)
     cells = parse(written.html).tables["board"]["tiny"]
     assert "details:training" not in cells and "steps" not in cells["details"][1]
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    tiny = table["variant"] == "tiny"
-    extra = {"steps": "4", "epochs": "0.31", "stop_reason": "max_steps", "train_seconds": "75.2", "seed": "0",
-             "git_commit": "0123456789abcdef0123", "git_dirty": "True", "checkpoint_sha256": "ab" * 32}
     for column, value in extra.items():
         table[column] = ""
         table.loc[tiny, column] = value
