@@ -1,13 +1,16 @@
 """The training data loader's speed with each hole fill, and each fill's RMSE as an inpainter.
 
     .venv/bin/python benchmarks/loader.py                      # configs/pix2pix.yaml's loader, 1 worker
-    .venv/bin/python benchmarks/loader.py --variant unet-l2 --workers 2 --fills telea,pyramid
+    .venv/bin/python benchmarks/loader.py --variant unet-l2 --workers 2 --fills telea,onion
 
 A GPU step outruns a loader that feeds fewer images than it trains on: on 4 Kaggle cores (3 loader
 workers) the issue-15 goal is at least 100 images/s per worker. The loader is the one `train`
 builds (pipeline.train.build_loaders: decode, augmentation, JPEG, boxes, the config's hole fill),
 with only `hole_fill` changed between rows, timed after its first batch (worker start-up); the
 median of `--rounds` rounds. Other processes' load changes the figures: compare rows of one run.
+A device fill (fill.DEVICE_FILLS: onion) leaves the loader the boxes unfilled, so its row is the
+`none` row: its cost moves to the network's input on the GPU (its per-image cost printed here is
+the CPU reference's).
 
 It also prints, per fill, its cost per image in the main process and its RMSE on the sample's
 validation boxes as an inpainter on its own (what a residual generator starts from).
@@ -84,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="pix2pix", help="config whose loader is timed (default: pix2pix)")
     parser.add_argument("--workers", type=int, default=1, help="loader processes (the figure is also given per worker)")
-    parser.add_argument("--fills", default="none,telea,pyramid", help="comma-separated hole fills to compare")
+    parser.add_argument("--fills", default="none,telea,pyramid,telea-half,onion", help="comma-separated hole fills to compare")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
     args = parser.parse_args()

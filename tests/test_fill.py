@@ -126,3 +126,98 @@ def test_auto_loader_workers_leave_a_core_for_the_process(monkeypatch):
     monkeypatch.setattr(train, "_cores", lambda: 4)
     assert train.loader_workers("auto", 1) == 3 and train.loader_workers("auto", 2) == 1
     assert train.loader_workers(5, 1) == 5
+
+
+def test_telea_half_follows_telea_at_a_fraction_of_its_pixels():
+    # a smooth ramp with an odd-sized image and hole: the half-size fill lands within a few levels
+    # of full-size Telea's, and keeps every pixel outside the hole
+    ys, xs = np.mgrid[0:61, 0:47]
+    image = np.dstack([ys * 3, xs * 4, 255 - ys * 2]).clip(0, 255).astype(np.uint8)
+    mask = np.zeros((61, 47), bool)
+    mask[13:40, 9:32] = True
+    masked = np.where(mask[..., None], 0, image).astype(np.uint8)
+    half = fill_holes(masked, mask, "telea-half")
+    assert (half[~mask] == image[~mask]).all()
+    telea = fill_holes(masked, mask, "telea")
+    error = np.abs(half[mask].astype(int) - telea[mask]).mean()
+    assert error < 4, error  # the ramp is 2-4 levels a pixel; black left in the hole would be ~100
+    truth_error = [np.abs(f[mask].astype(int) - image[mask]).mean() for f in (half, telea)]
+    assert truth_error[0] < truth_error[1] + 2, truth_error  # as far from the ramp as Telea, give or take
+    # one image at a time equals the batch, and a second call gives the same bytes
+    images, masks = _case()
+    batch = fill_holes(images, masks, "telea-half")
+    assert all((fill_holes(i, m, "telea-half") == b).all() for i, m, b in zip(images, masks, batch))
+    assert (fill_holes(images, masks, "telea-half") == batch).all() and (batch[2] == images[2]).all()
+    # nothing known: as telea, the image comes back as it went in
+    dark = np.zeros((8, 8, 3), np.uint8)
+    assert (fill_holes(dark, np.ones((8, 8), bool), "telea-half") == dark).all()
+
+
+def _ramp_case() -> tuple[np.ndarray, np.ndarray]:
+    """A smooth colour ramp (odd size) with two boxes, one on the image's edge."""
+    ys, xs = np.mgrid[0:61, 0:47]
+    image = np.dstack([ys * 3, xs * 4, 255 - ys * 2]).clip(0, 255).astype(np.uint8)
+    mask = np.zeros((61, 47), bool)
+    mask[13:40, 9:32] = True
+    mask[45:61, 30:44] = True
+    return image, mask
+
+
+def test_onion_fill_fills_only_the_boxes_close_to_telea():
+    import torch
+
+    from pipeline.inpainters.fill import onion_fill
+
+    image, mask = _ramp_case()
+    masked = np.where(mask[..., None], 0, image).astype(np.uint8)
+    filled = fill_holes(masked, mask, "onion")
+    assert filled.dtype == np.uint8 and filled.shape == image.shape
+    assert (filled[~mask] == image[~mask]).all()
+    telea = fill_holes(masked, mask, "telea")
+    assert np.abs(filled[mask].astype(int) - telea[mask]).mean() < 4  # black left in a box: ~100
+    # the device function on a float batch in -1..1 (what a network sees) is the uint8 fill, scaled
+    x = torch.from_numpy(masked).permute(2, 0, 1)[None].float() / 127.5 - 1
+    holes = torch.from_numpy(mask)[None, None]
+    out = onion_fill(x, holes)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert torch.equal(out[~holes.expand_as(out)], x[~holes.expand_as(x)])
+    as_uint8 = ((out[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).numpy()
+    assert np.abs(as_uint8 - filled).max() <= 1  # rounding apart, the same numbers
+    # deterministic, independent of what the boxes held, of the batch, and of the memory layout
+    noisy = torch.where(holes, torch.rand_like(x), x)
+    assert torch.equal(onion_fill(noisy, holes), out)
+    batch = onion_fill(torch.cat([x, x.flip(3)]), torch.cat([holes, holes.flip(3)]))
+    assert torch.allclose(batch[0], out[0]) and torch.allclose(batch[1], out[0].flip(2), atol=1e-5)
+    assert torch.equal(onion_fill(x.contiguous(memory_format=torch.channels_last), holes), out)
+    # nothing known: the image stays as it is
+    assert (fill_holes(masked, np.ones_like(mask), "onion") == masked).all()
+
+
+def test_a_device_fill_is_done_by_the_generator_not_the_loader():
+    import torch
+
+    from pipeline.inpainters import pix2pix as p2p
+    from pipeline.inpainters.blocks import generator_input
+    from pipeline.inpainters.fill import onion_fill
+
+    onion = p2p.pix2pix_config(VariantConfig(name="t", method="pix2pix", params={"hole_fill": "onion", "ngf": 8, "depth": 4}))
+    telea = p2p.pix2pix_config(VariantConfig(name="t", method="pix2pix", params={"hole_fill": "telea", "ngf": 8, "depth": 4}))
+    assert p2p.FAMILY.hole_fill(onion) is None and p2p.FAMILY.hole_fill(telea).keywords == {"how": "telea"}
+    torch.manual_seed(0)
+    g = p2p.FAMILY.build_generator(onion).eval()
+    plain = p2p.FAMILY.build_generator(telea).eval()
+    assert g.device_fill == "onion" and plain.device_fill is None
+    plain.load_state_dict(g.state_dict())  # the same weights: the fill adds no parameter to a checkpoint
+    image, mask = _ramp_case()
+    image, mask = image[4:36, 0:32], mask[4:36, 0:32]
+    x = torch.from_numpy(np.where(mask[..., None], 0, image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    holes = torch.from_numpy(mask)[None, None].float()
+    with torch.no_grad():
+        ours = p2p.FAMILY.generate(g, x, holes)  # boxes black, as the loader leaves them
+        filled = onion_fill(x, holes.bool())
+        theirs = p2p.FAMILY.generate(plain, filled, holes)  # the same fill done beforehand
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the fill itself stays float32 under autocast
+            assert torch.equal(g.fill_boxes(generator_input(x, holes))[1], filled)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    with pytest.raises(ValueError, match="device_fill 'telea' is not one of onion"):
+        p2p.UNetGenerator(device_fill="telea")

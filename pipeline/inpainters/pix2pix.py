@@ -29,7 +29,7 @@ from torch import nn
 
 from pipeline.config import ConfigError, VariantConfig
 from pipeline.inpainters.blocks import NORMS, generator_input, init_weights, norm_layer, residual_on_fill
-from pipeline.inpainters.fill import HOLE_FILLS, fill_holes
+from pipeline.inpainters.fill import DEVICE_FILLS, HOLE_FILLS, fill_holes, onion_fill
 from pipeline.inpainters.losses import GAN_LOSSES, GANLoss, box_loss
 from pipeline.inpainters.trainable import (Family, TrainableConfig, TrainedInpainter, at_least, batch_tensors,
                                            choice)
@@ -45,7 +45,7 @@ class NetworkParams:
     depth: int = 8  # down-samplings; 8 takes 256x256 to 1x1 (the paper's U-Net-256)
     norm: str = "batch"  # batch | instance | none
     dropout: bool = True  # dropout 0.5 in the widest decoder layers, as in the paper
-    hole_fill: str = "telea"  # what fills the hole before the generator: zero|mean|telea|navier-stokes|none
+    hole_fill: str = "telea"  # what fills the hole before the generator: one of fill.HOLE_FILLS (onion: on the device)
     ndf: int = 64  # discriminator width (gan objective only)
     d_layers: int = 3  # PatchGAN strided layers; 3 gives the 70x70 receptive field
 
@@ -106,12 +106,17 @@ class UNetGenerator(nn.Module):
 
     forward(x, fill): x float (N, in_channels, H, W) -- the filled masked image in -1..1 and the
     mask in 0..1; fill float (N, 3, H, W) in -1..1, the hole fill the residual is added to.
-    Returns float (N, 3, H, W) in -1..1.
+    Returns float (N, 3, H, W) in -1..1. With `device_fill` (a name of fill.DEVICE_FILLS) the boxes
+    come unfilled and the network fills them first, on the batch's device, in float32: training,
+    validation and prediction all go through here, so they see the same fill.
     """
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, ngf: int = 64, depth: int = 8,
-                 norm: str = "batch", dropout: bool = True):
+                 norm: str = "batch", dropout: bool = True, device_fill: str | None = None):
         super().__init__()
+        if device_fill is not None and device_fill not in DEVICE_FILLS:
+            raise ValueError(f"device_fill {device_fill!r} is not one of {', '.join(DEVICE_FILLS)}")
+        self.device_fill = device_fill
         widths = [min(ngf * 2**i, ngf * 8) for i in range(depth)]
         self.downs = nn.ModuleList(
             [Down(in_channels, widths[0], norm, outermost=True)]
@@ -127,6 +132,8 @@ class UNetGenerator(nn.Module):
         self.ups = nn.ModuleList(ups)
 
     def forward(self, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        if self.device_fill is not None:
+            x, fill = self.fill_boxes(x)
         skips = []
         for down in self.downs:
             x = down(x)
@@ -135,6 +142,14 @@ class UNetGenerator(nn.Module):
         for up in reversed(self.ups[:-1]):
             x = up(torch.cat([x, skips.pop()], dim=1))
         return residual_on_fill(fill, x)
+
+
+    def fill_boxes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4, H, W) unfilled image + mask -> (the same with the boxes filled, the fill (N, 3, H, W))."""
+        mask = x[:, 3:]
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # a fixed input transform
+            filled = onion_fill(x[:, :3], mask > 0.5).to(x.dtype)
+        return torch.cat([filled, mask], dim=1), filled
 
 
 class PatchDiscriminator(nn.Module):
@@ -158,7 +173,8 @@ class PatchDiscriminator(nn.Module):
 
 
 def build_generator(net: NetworkParams) -> UNetGenerator:
-    model = UNetGenerator(4, 3, net.ngf, net.depth, net.norm, net.dropout)
+    device_fill = net.hole_fill if net.hole_fill in DEVICE_FILLS else None
+    model = UNetGenerator(4, 3, net.ngf, net.depth, net.norm, net.dropout, device_fill)
     init_weights(model)
     return model
 
@@ -249,7 +265,9 @@ class Pix2PixFamily(Family):
                               f"divide the {size}px image evenly; use 2..{int(np.log2(size & -size))}")
         at_least(variant, {"ngf": net.ngf, "ndf": net.ndf, "d_layers": net.d_layers})
 
-    def hole_fill(self, config: TrainableConfig) -> partial:
+    def hole_fill(self, config: TrainableConfig) -> partial | None:
+        if config.network.hole_fill in DEVICE_FILLS:  # the generator fills the boxes itself (forward)
+            return None
         return partial(fill_holes, how=config.network.hole_fill)
 
     def build_generator(self, config: TrainableConfig) -> UNetGenerator:
