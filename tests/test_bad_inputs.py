@@ -3,6 +3,7 @@
 import errno
 import gzip
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -249,9 +250,6 @@ def test_kaggle_submit_knows_one_folder_however_spelled_and_a_csv_of_other_data(
     from pipeline.data.sample import build_sample
 
     assert _run(capsys, "submit", "--variant", "telea")[0] == 0  # on data/sample, its default
-    code, _, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", "photo-reconstruction",
-                        "--data", "data/sample/Dataset")
-    assert code == 0, err
     build_sample(data_config({"root": "data/other", "truth": "data/other-truth"}), train_per_photo=6,
                  test_per_photo=3, seed=5)
     assert _run(capsys, "submit", "--variant", "telea", "--data", "data/other")[0] == 0  # rewrites telea.csv
@@ -261,6 +259,17 @@ def test_kaggle_submit_knows_one_folder_however_spelled_and_a_csv_of_other_data(
     line = _fails(capsys, "validate", "--csv", "submissions/telea.csv")
     assert line.startswith("error: submissions/telea.csv was written for data/other (variant telea, ") and \
         "not for data/sample: validate it there (`python -m pipeline validate --csv submissions/telea.csv --data '<that folder>'`), or write it for this data (" in line, line
+    # the folder however spelled is one competition: data/other/Dataset is data/other
+    code, out, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", "photo-reconstruction",
+                          "--data", "data/other/Dataset")
+    assert code == 0 and "Submitting submissions/telea.csv " in out + err, err
+    # an uploaded CSV is kept when a submit rewrites telea.csv, and uploads again from where it was kept
+    assert _run(capsys, "submit", "--variant", "telea")[0] == 0
+    code, out, err = _run(capsys, "kaggle-submit", "--variant", "telea", "--competition", "photo-reconstruction",
+                          "--data", "data/other")
+    kept = re.search(r"Submitting (submissions/telea\.[0-9a-f]{12}\.csv) ", out + err)
+    assert code == 0 and kept, err
+    assert Path(kept.group(1)).is_file() and Path("submissions/telea.csv").is_file()
     line = _fails(capsys, "kaggle-submit", "--variant", "mean", "--competition", "photo-reconstruction")
     assert line.startswith("error: variant 'mean' has no submission yet")
 
