@@ -45,7 +45,7 @@ from pipeline.score import split_fingerprint
 
 DUPLICATES_FILE = "duplicates.json"
 # a match at or under this known-pixel RMSE is a copy (configs/nearest.yaml: max_known_rmse; the
-# README gives the measurement behind it)
+# docs/duplicates.md gives the measurement behind it)
 COPY_RMSE = 0.03
 TRANSFORMS = ("identity", "rot90", "rot180", "rot270", "flip", "rot90+flip", "rot180+flip", "rot270+flip")
 

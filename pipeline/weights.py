@@ -112,7 +112,7 @@ def download_weights(name: str, dest_dir: Path = WEIGHTS_DIR, url: str | None = 
                                    f"(--url, or {published.url_env}) and the network") from None
         except (urllib.error.URLError, OSError) as exc:
             raise WeightsError(f"{url}: cannot connect ({getattr(exc, 'reason', exc)}); without internet, "
-                               f"copy {published.file} into {dest_dir}/ (see the README)") from None
+                               f"copy {published.file} into {dest_dir}/ (see docs/families.md, \"Pretrained inpainters\")") from None
         if response is not None:
             with response, naming_a_full_disk(part, f"the part downloaded so far stays in {part}"):
                 resumed = start and response.status == 206

@@ -22,7 +22,7 @@ from pipeline.inpainters.base import InpaintBatch, Inpainter, build_inpainter, c
 @dataclass
 class NearestParams:
     fallback: str = "telea"  # the variant (configs/<name>.yaml) that fills images without a copy
-    # known-pixel RMSE (0..1) at or under which a match is a copy; README: how 0.03 was measured
+    # known-pixel RMSE (0..1) at or under which a match is a copy; docs/duplicates.md: how 0.03 was measured
     max_known_rmse: float = COPY_RMSE
 
 
