@@ -470,7 +470,7 @@ def test_make_tensorboard_serves_the_runs_scalars_from_the_projects_environment(
         port = probe.getsockname()[1]
     logdir = trained_copy / "runs"
     # -o: never (re)make setup here, even when requirements.txt is newer than .venv (no pip install in a test)
-    make = ["make", "-o", "setup", "-o", ".venv/.installed"]
+    make = ["make", "--no-print-directory", "-o", "setup", "-o", ".venv/.installed"]
     dry = subprocess.run(make + ["-n", "tensorboard", f"LOGDIR={logdir}", f"PORT={port}", "HOST=127.0.0.1"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     assert dry == f".venv/bin/python -m tensorboard.main --logdir {logdir} --port {port} --host 127.0.0.1"
