@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.files import lock_is_held, locked, remove_unheld_lock, stale_temporaries
-from pipeline.leaderboard import Leaderboard, file_sha256
+from pipeline.files import file_sha256, lock_is_held, locked, remove_unheld_lock, stale_temporaries
+from pipeline.leaderboard import Leaderboard
 
 # where the pipeline's lock files live (older versions left them behind)
 LOCK_FOLDERS = (Path("submissions"), Path("weights"), Path("data/predictions"))

@@ -78,8 +78,7 @@ def keep_if_uploaded(path: Path, leaderboard: Leaderboard) -> Path | None:
     Kaggle scored stays on disk; the kept path, or None."""
     import shutil
 
-    from pipeline.files import atomic_write
-    from pipeline.leaderboard import file_sha256
+    from pipeline.files import atomic_write, file_sha256
 
     table = leaderboard.read()
     if not path.is_file() or not (table["kaggle_ref"].notna() & (table["submission"] == str(path))).any():

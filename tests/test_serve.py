@@ -777,6 +777,14 @@ def test_serve_refuses_a_bad_address_or_limit_in_one_line_before_serving(workspa
             assert len(said) == 1 and words in said[0], (case, err)
 
 
+def _open_page(browser, url: str, height: int):
+    """The web app's page in a 1400 px wide Chromium tab, loaded, with a 60 s wait for each step."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.set_default_timeout(60_000)
+    page.goto(url + "/", wait_until="load")
+    return page
+
+
 @pytest.mark.skipif(bool(_browser_missing()), reason=f"browser test needs {_browser_missing()}")
 def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -787,9 +795,7 @@ def test_in_a_browser_upload_brush_run_telea(served_subprocess, tmp_path):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(60_000)
-            page.goto(served_subprocess + "/", wait_until="load")
+            page = _open_page(browser, served_subprocess, height=1100)
             canvas = page.locator("#editor canvas").first
             canvas.wait_for()  # the editor's canvas is up: it takes the upload now
             page.locator("#editor input[type=file]").first.set_input_files(str(upload))
@@ -868,9 +874,7 @@ def test_in_a_browser_every_variant_on_a_validation_and_a_test_image(served_subp
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(served_subprocess + "/", wait_until="load")
+            page = _open_page(browser, served_subprocess, height=1000)
             page.locator("#editor canvas").first.wait_for()
             assert page.locator("#editor").bounding_box()["height"] >= 550, "the editor's canvas is larger"
             assert "pix2pix-cpu" not in page.inner_text("#variants")
